@@ -1,0 +1,45 @@
+"""Run the audio reasoning pipeline.
+
+    python jobs/transcribe.py                                   # configs/local.yaml on the sample audio
+    python jobs/transcribe.py --config configs/step-audio-r1.yaml --set input.uri=s3://bucket/calls/
+    ray job submit --working-dir . -- python jobs/transcribe.py --config ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from pipeline.config import ConfigError, load_config  # noqa: E402
+from pipeline.sources import SourceError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML config file (default: configs/local.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set output.uri=/tmp/out (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    from pipeline.run import run  # Ray is imported only once the config is known to be good
+
+    try:
+        summary = run(config)
+    except (ConfigError, SourceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The job's configuration: pydantic models loaded from YAML, overridable with `--set key=value`.
+
+Every model forbids unknown keys, so a typo is an error naming the field before any cluster work starts.
+Engine options pass through as a dict (`engine.engine_kwargs`) instead of mirroring vLLM's flags.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "oga", "opus", "m4a", "aac", "webm", "mp4")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; its message is one line meant for the user."""
+
+
+class Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(Base):
+    uri: str = Field("samples/audio", description="Folder, prefix or URI (any fsspec protocol) listed recursively.")
+    extensions: list[str] = Field(list(AUDIO_EXTENSIONS), description="File extensions taken as audio, any case.")
+
+
+class OutputConfig(Base):
+    uri: str = Field("output/local", description="Folder or URI where the Parquet dataset is written.")
+
+
+class AudioConfig(Base):
+    max_duration_s: float = Field(
+        4 * 3600.0, gt=0, description="Longest audio decoded per file; longer files are cut and flagged."
+    )
+
+
+class SegmentConfig(Base):
+    max_s: float | None = Field(
+        None, gt=0, description="Longest audio item sent to the model; default: the model family's limit."
+    )
+    search_s: float = Field(5.0, ge=0, description="How far before the limit to look for a quiet point to cut at.")
+
+
+class SamplingConfig(Base):
+    temperature: float = Field(0.7, ge=0, description="Sampling temperature (reference client: 0.7).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    repetition_penalty: float = Field(1.0, gt=0, description="Repetition penalty (reference client: 1.0).")
+    max_tokens: int = Field(4096, gt=0, description="Most tokens generated; clamped to what the context leaves.")
+    seed: int | None = Field(None, description="Sampling seed, for reproducible runs.")
+
+
+class TaskConfig(Base):
+    name: str = Field(description="Task name, written to the `task` column.")
+    question: str = Field(description="The question asked about each audio item.")
+    system: str | None = Field(None, description="System prompt (context hints go here).")
+    prefill: Literal["think", "forced", "off"] = Field(
+        "think", description="How the answer starts: think (model reasons), forced (`<think>\\nOkay,`), off."
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling settings.")
+
+
+class EngineConfig(Base):
+    kind: Literal["whisper", "vllm", "openai"] = Field("whisper", description="Which engine each replica holds.")
+    family: str = Field("whisper", description="Model family: prompt format, item limit, output split.")
+    model_name: str = Field("whisper-tiny.en", description="Name written to the `model` column and served.")
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Passed through to the engine (vLLM AsyncEngineArgs, faster-whisper)."
+    )
+
+    @model_validator(mode="after")
+    def _family_known(self) -> EngineConfig:
+        # Imported here: deployments.formats is light (no engine), but config must load without it first.
+        from deployments.formats import FAMILIES
+
+        if self.family not in FAMILIES:
+            raise ValueError(f"family {self.family!r} is not one of {', '.join(FAMILIES)}")
+        return self
+
+
+class AutoscalingConfig(Base):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="Ongoing requests per replica to aim for.")
+    upscale_delay_s: float = Field(30.0, ge=0, description="Wait before adding replicas.")
+    downscale_delay_s: float = Field(600.0, ge=0, description="Wait before removing replicas.")
+
+
+class DeploymentConfig(Base):
+    app_name: str = Field("audio-reasoning", description="Serve application name.")
+    num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is not set.")
+    autoscaling: AutoscalingConfig | None = Field(None, description="Autoscale replicas across nodes.")
+    max_ongoing_requests: int = Field(4, ge=1, description="Batches a replica works on at once.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs the replica actor holds.")
+    gpus_per_replica: int = Field(0, ge=0, description="GPUs per replica (tensor parallel size), one bundle each.")
+    health_check_period_s: float = Field(10.0, gt=0, description="Seconds between engine health checks.")
+    health_check_timeout_s: float = Field(30.0, gt=0, description="A health check slower than this fails.")
+    reuse_running: bool = Field(False, description="Use an app of this name that is already running.")
+
+
+class ResourcesConfig(Base):
+    read_cpus: float = Field(0.25, gt=0, description="CPUs per listing/read task.")
+    decode_cpus: float = Field(0.5, gt=0, description="CPUs per decode + segment task.")
+    infer_cpus: float = Field(0.25, gt=0, description="CPUs per inference caller actor.")
+    write_cpus: float = Field(0.25, gt=0, description="CPUs per Parquet write task.")
+    infer_actors: int = Field(1, ge=1, description="Inference caller actors.")
+    batch_size: int = Field(8, ge=1, description="Requests per call to the Serve app.")
+    max_concurrent_batches: int = Field(4, ge=1, description="Calls each caller actor keeps in flight.")
+    files_per_task: int = Field(4, ge=1, description="Files decoded per decode task.")
+
+
+class RayConfig(Base):
+    address: str | None = Field(
+        None, description="Ray cluster address; default: RAY_ADDRESS, else a local cluster started for the job."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a local cluster started by the job.")
+
+
+class Config(Base):
+    input: InputConfig = Field(default_factory=InputConfig, description="Where the audio is.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Where the Parquet goes.")
+    audio: AudioConfig = Field(default_factory=AudioConfig, description="Decoding limits.")
+    segment: SegmentConfig = Field(default_factory=SegmentConfig, description="Cutting audio into items.")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="The model engine.")
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig, description="The Serve app.")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Ray Data resources.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Which Ray cluster.")
+    tasks: list[TaskConfig] = Field(
+        default_factory=lambda: [TaskConfig(name="transcribe", question="Please transcribe the audio.")],
+        min_length=1,
+        description="Questions asked about every audio item; one output row per item, segment and task.",
+    )
+
+    @model_validator(mode="after")
+    def _task_names_unique(self) -> Config:
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        return self
+
+
+def _parse_value(text: str) -> Any:
+    """A `--set` value is YAML, so `--set resources.batch_size=4` gives an int and `x=[a,b]` a list."""
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    key, sep, value = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected dotted.key=value")
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[leaf] = _parse_value(value)
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown field (typo?)"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{source}: {field}: {message}{more}"
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (default `configs/local.yaml`), apply `--set` overrides, validate it.
+
+    Environment variables in the YAML (`${MODEL_PATH}`) are expanded, so secrets and mounts stay out of it.
+    """
+    path = Path(path) if path else Path(__file__).resolve().parent.parent / "configs" / "local.yaml"
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from e
+    try:
+        data = yaml.safe_load(os.path.expandvars(text)) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, str(path))) from None

@@ -1,0 +1,71 @@
+"""The inference stage: async Ray Data actors that send items to the Serve app through a handle.
+
+Each item row becomes one request per task; each request comes back as one output row. Rows that already
+carry an error (the file could not be read or decoded) become one error row per task without a call.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config import TaskConfig
+from pipeline.requests import GenerationRequest, GenerationResult
+from pipeline.rows import OUTPUT_SCHEMA, table
+
+
+def request_id(item_id: str, segment_index: int | None, task: str) -> str:
+    """Deterministic, so a request sent again after a failure is recognisably the same one."""
+    return f"{item_id}/{segment_index}/{task}"
+
+
+def _result_columns(result: GenerationResult) -> dict[str, Any]:
+    columns = {
+        "reasoning": result.reasoning, "answer": result.answer, "finish_reason": result.finish_reason,
+        "truncated": result.truncated, "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens, "latency_s": result.latency_s,
+    }
+    if result.error_class:
+        columns.update(error_stage="infer", error_class=result.error_class, error=result.error,
+                       retryable=result.retryable)
+    return columns
+
+
+class Infer:
+    """Ray Data stage (async actors): item rows in, output rows out."""
+
+    def __init__(self, *, app_name: str, deployment_name: str, tasks: list[dict[str, Any]], model: str,
+                 run_id: str):
+        from ray import serve
+
+        self.handle = serve.get_deployment_handle(deployment_name, app_name=app_name)
+        self.tasks = [TaskConfig.model_validate(t) for t in tasks]
+        self.common = {"model": model, "run_id": run_id}
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        rows, requests, waiting = [], [], []
+        for item in batch.to_pylist():
+            audio = item.pop("audio")
+            start, end = item["start_s"], item["end_s"]
+            item["duration_s"] = end - start if start is not None else None
+            for task in self.tasks:
+                row = {**item, **self.common, "task": task.name, "prompt": task.question}
+                if item["error_class"]:
+                    rows.append(row)
+                    continue
+                waiting.append(row)
+                requests.append(GenerationRequest(
+                    request_id=request_id(item["item_id"], item["segment_index"], task.name),
+                    audio=[np.frombuffer(audio, dtype=np.float32)], question=task.question, system=task.system,
+                    prefill=task.prefill, sampling=task.sampling,
+                ))
+        if requests:
+            results = await self.handle.generate.remote(requests)
+            rows.extend({**row, **_result_columns(result)} for row, result in zip(waiting, results, strict=True))
+        now = datetime.now(timezone.utc)
+        for row in rows:
+            row["created_at"] = now
+        return table(rows, OUTPUT_SCHEMA)

@@ -1,0 +1,67 @@
+"""What the pipeline sends to the Serve app and what comes back: the one contract between them.
+
+Both sides import this module; it holds plain dataclasses (cheap to pickle through a DeploymentHandle)
+and no engine or Ray code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.config import SamplingConfig
+
+
+@dataclass
+class GenerationRequest:
+    """One question about one or more audio items (mono float32 at 16 kHz)."""
+
+    request_id: str
+    audio: list[np.ndarray]
+    question: str
+    system: str | None = None
+    prefill: str = "think"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class GenerationResult:
+    """What the engine made of a request, or why it could not.
+
+    `error_class` set means the request failed; `retryable` says whether sending it again could help
+    (a timeout or a dead engine) or not (audio the model cannot take).
+    """
+
+    request_id: str
+    prompt: str | None = None
+    text: str | None = None
+    reasoning: str | None = None
+    answer: str | None = None
+    finish_reason: str | None = None
+    truncated: bool = False
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float | None = None
+    error_class: str | None = None
+    error: str | None = None
+    retryable: bool = False
+
+    @classmethod
+    def failure(cls, request_id: str, exc: BaseException, *, retryable: bool) -> GenerationResult:
+        return cls(
+            request_id=request_id,
+            finish_reason="error",
+            error_class=type(exc).__name__,
+            error=str(exc) or type(exc).__name__,
+            retryable=retryable,
+        )
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the pipeline needs to know about the model behind the app, asked once at start."""
+
+    model_name: str
+    family: str
+    max_item_s: float
