@@ -71,6 +71,11 @@ class EngineConfig(Base):
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Passed through to the engine (vLLM AsyncEngineArgs, faster-whisper)."
     )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables the engine sets in its replica before importing its library "
+        "(e.g. VLLM_ENABLE_V1_MULTIPROCESSING: '0' for vLLM on CPU).",
+    )
 
     @model_validator(mode="after")
     def _family_known(self) -> EngineConfig:

