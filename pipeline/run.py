@@ -110,6 +110,9 @@ def run(config: Config) -> Summary:
     start = time.perf_counter()
     run_id = new_run_id()
     sources = list(list_audio(config.input.uri, config.input.extensions))
+    if not sources:
+        logger.warning("no audio files under %s (extensions %s)", config.input.uri, config.input.extensions)
+        return Summary(run_id, 0, 0.0, 0, 0, time.perf_counter() - start, config.output.uri)
     init_ray(config)
     handle, started = start_app(config)
     try:

@@ -25,3 +25,13 @@ def test_missing_input_is_one_line_not_a_traceback(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [f"error: input '{tmp_path}/nope' does not exist"]
+
+
+def test_folder_without_audio_is_an_empty_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("no audio here")
+    done = subprocess.run([sys.executable, "jobs/transcribe.py", "--set", f"input.uri={tmp_path}",
+                           "--set", f"output.uri={tmp_path}/out"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0
+    assert "0 files, 0.0 s of audio, 0 rows (0 errors)" in done.stdout
+    assert "no audio files under" in done.stderr
