@@ -120,7 +120,7 @@ class ResourcesConfig(Base):
 
 class RayConfig(Base):
     address: str | None = Field(
-        None, description="Ray cluster address; default: RAY_ADDRESS, else a local cluster started for the job."
+        None, description="Ray cluster address; default: RAY_ADDRESS, else a new local cluster for the job alone."
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local cluster started by the job.")
 

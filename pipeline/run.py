@@ -55,7 +55,7 @@ def init_ray(config: Config) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=config.ray.num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=config.ray.num_cpus, include_dashboard=False)
 
 
 def item_seconds(config: Config, info: ModelInfo) -> float:

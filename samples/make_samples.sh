@@ -33,8 +33,8 @@ SPEED=150
 FF=(ffmpeg -hide_banner -loglevel error -nostdin -y -threads 1)
 
 GREETING="Hello and welcome. Thank you for calling. How can I help you today?"
-WEATHER="The weather today is sunny and warm. Tomorrow it will rain in the morning, and the wind will be cold."
-MEETING="The meeting will start at ten in the morning. Please bring your notes and be on time."
+WEATHER="Today the weather is sunny and warm. Tomorrow it will rain in the morning, and the wind will be cold."
+MEETING="The meeting will start early in the morning. Please bring your notes and be on time."
 STORY="Once upon a time there was a little dog. He lived in a small house near the river with his best friend."
 NOTE="Remember to buy milk, bread and eggs on the way home. Call your mother after dinner."
 LECTURE_SENTENCES=(

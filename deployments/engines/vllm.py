@@ -107,6 +107,8 @@ class VLLMEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()
+        if self._shut_down:
+            raise RuntimeError("vLLM engine is shut down")
         fmt = self._format
         try:
             prefill = fmt.check_prefill(request.prefill)
@@ -217,12 +219,12 @@ class VLLMEngine(Engine):
         if self._shut_down:
             return
         self._shut_down = True
-        # Stops the engine-core process (and its TP workers) and the output handler. AsyncLLM.__del__ calls
-        # shutdown again; dropping our reference lets that happen now rather than at interpreter exit, where
-        # it fails noisily on vLLM 0.32 ("'NoneType' object is not callable").
+        # Stops the engine-core process (and its TP workers) and the output handler.
         engine, self._engine = self._engine, None
         engine.shutdown()
-        del engine
+        # AsyncLLM.__del__ calls shutdown again, at the latest at interpreter exit, where vLLM 0.32 fails with
+        # a misleading "'NoneType' object is not callable" traceback: it is done, so make that a no-op.
+        engine.shutdown = lambda *args, **kwargs: None
 
 
 def _audio_limit(engine: Any, engine_kwargs: dict[str, Any]) -> int | None:

