@@ -220,6 +220,46 @@ def test_vllm_cancelled_call_leaves_the_engine_serving(vllm_app):
     handle.check_health.remote().result(timeout_s=TIMEOUT_S)
 
 
+def test_vllm_pipeline_end_to_end(vllm_app, tiny_qwen2_audio, tmp_path):
+    """The whole pipeline (decode, segment, infer actors, Parquet) through the running vLLM app."""
+    import pyarrow.dataset as pads
+
+    from pipeline.run import run
+    from tests.conftest import SAMPLES
+
+    (tmp_path / "in").mkdir()
+    for f in SAMPLES.iterdir():
+        (tmp_path / "in" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "in" / "broken.mp3").write_bytes(b"ID3 not really an mp3")
+    _, app_name = vllm_app
+    config = load_config(ROOT / "configs" / "tiny-vllm.yaml", [
+        f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'out'}", f"deployment.app_name={app_name}",
+        "deployment.reuse_running=true"])
+    summary = run(config)
+    rows = pads.dataset(str(tmp_path / "out")).to_table().to_pylist()
+    assert summary.rows == len(rows) and summary.errors == 2
+
+    tasks = {t.name: t for t in config.tasks}
+    keys = [(r["source_uri"], r["segment_index"], r["task"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    good = [r for r in rows if not r["error_class"]]
+    assert {r["source_uri"].rsplit("/", 1)[1] for r in good} == {f.name for f in SAMPLES.iterdir()}
+    for r in good:
+        assert r["task"] in tasks and r["model"] == "tiny-qwen2-audio"
+        assert r["finish_reason"] in ("stop", "length")
+        assert 0 < r["completion_tokens"] <= tasks[r["task"]].sampling.max_tokens
+        seconds = r["end_s"] - r["start_s"]
+        assert 0 < seconds <= 25.0
+        # The prompt holds the item's audio tokens: at least what the format counts for its length.
+        assert r["prompt_tokens"] > QWEN.audio_tokens(int(round(seconds * SR)))
+    lecture = [r for r in good if r["source_uri"].endswith("lecture.wav") and r["task"] == "transcribe"]
+    assert len(lecture) == 2  # 39.6 s cut into two items under 25 s
+    broken = [r for r in rows if r["source_uri"].endswith("broken.mp3")]
+    assert sorted(r["task"] for r in broken) == sorted(tasks)
+    assert all(r["error_stage"] == "decode" for r in broken)
+    assert app_name in __import__("ray").serve.status().applications  # reused, so left running
+
+
 def test_vllm_app_shuts_down_cleanly(vllm_app):
     """serve.delete stops the replica and its vLLM engine-core process: nothing is left running."""
     import psutil
