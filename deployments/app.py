@@ -49,7 +49,7 @@ def deployment_options(config: Config) -> dict[str, Any]:
 
 def application(config: Config) -> Application:
     return serve.deployment(EngineServer).options(**deployment_options(config)).bind(
-        config.engine.model_dump(mode="json")
+        config.engine.model_dump(mode="json"), config.deployment.request_timeout_s
     )
 
 

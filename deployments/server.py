@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from deployments.engines import create_engine
@@ -11,14 +10,17 @@ from deployments.engines.base import RequestRejected
 from pipeline.config import EngineConfig
 from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
 
-logger = logging.getLogger("ray.serve")
+
+class RequestTimeout(Exception):
+    """The engine gave no answer in time; the request was cancelled in the engine."""
 
 
 class EngineServer:
     """Holds the replica's engine. Wrapped by `serve.deployment` in `deployments.app`."""
 
-    def __init__(self, engine: dict[str, Any]):
+    def __init__(self, engine: dict[str, Any], request_timeout_s: float):
         self.engine = create_engine(EngineConfig.model_validate(engine))
+        self.request_timeout_s = request_timeout_s
 
     async def info(self) -> ModelInfo:
         return self.engine.info
@@ -29,9 +31,12 @@ class EngineServer:
 
     async def _generate_one(self, request: GenerationRequest) -> GenerationResult:
         try:
-            return await self.engine.generate(request)
+            return await asyncio.wait_for(self.engine.generate(request), self.request_timeout_s)
         except RequestRejected as e:
             return GenerationResult.failure(request.request_id, e, retryable=False)
+        except asyncio.TimeoutError:
+            timeout = RequestTimeout(f"no answer within deployment.request_timeout_s={self.request_timeout_s} s")
+            return GenerationResult.failure(request.request_id, timeout, retryable=True)
 
     async def check_health(self) -> None:
         await self.engine.check_health()

@@ -104,6 +104,9 @@ class DeploymentConfig(Base):
     gpus_per_replica: int = Field(0, ge=0, description="GPUs per replica (tensor parallel size), one bundle each.")
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between engine health checks.")
     health_check_timeout_s: float = Field(30.0, gt=0, description="A health check slower than this fails.")
+    request_timeout_s: float = Field(
+        1800.0, gt=0, description="A request unanswered this long is cancelled and becomes a retryable error row."
+    )
     reuse_running: bool = Field(False, description="Use an app of this name that is already running.")
 
 

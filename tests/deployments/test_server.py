@@ -1,0 +1,52 @@
+"""The Serve app with the embedded whisper engine, called through its handle as the pipeline calls it."""
+
+import numpy as np
+import pytest
+
+from pipeline.audio import decode
+from pipeline.config import load_config
+from pipeline.requests import GenerationRequest
+from tests.conftest import SAMPLES
+
+
+@pytest.fixture(scope="module")
+def start_app(ray_cluster):
+    from ray import serve
+
+    from deployments.app import application
+
+    names = []
+
+    def start(name, *overrides):
+        names.append(name)
+        config = load_config(None, [f"deployment.app_name={name}", *overrides])
+        return serve.run(application(config), name=name, route_prefix=None)
+
+    yield start
+    for name in names:
+        serve.delete(name)
+
+
+def test_rejected_and_timed_out_requests_are_results(start_app):
+    clip = decode((SAMPLES / "greeting.wav").read_bytes())
+    handle = start_app("test-server-timeout", "deployment.request_timeout_s=0.001")
+    too_long = GenerationRequest("long", [np.zeros(31 * 16000, np.float32)], "Transcribe.")
+    slow = GenerationRequest("slow", [clip], "Transcribe.")
+    long_result, slow_result = handle.generate.remote([too_long, slow]).result(timeout_s=60)
+    assert long_result.error_class == "RequestRejected" and not long_result.retryable
+    assert "31.0 s" in long_result.error
+    assert slow_result.error_class == "RequestTimeout" and slow_result.retryable
+    assert slow_result.answer is None and slow_result.finish_reason == "error"
+
+
+def test_answers_a_batch_in_order(start_app, transcripts):
+    from tests.conftest import word_error_rate
+
+    handle = start_app("test-server-batch")
+    names = ["greeting.wav", "story.ogg", "note.m4a"]
+    requests = [GenerationRequest(n, [decode((SAMPLES / n).read_bytes())], "Transcribe.") for n in names]
+    results = handle.generate.remote(requests).result(timeout_s=120)
+    assert [r.request_id for r in results] == names
+    for name, r in zip(names, results):
+        assert r.error_class is None and word_error_rate(transcripts[name], r.answer) <= 0.3
+    assert handle.info.remote().result().max_item_s == 30.0
