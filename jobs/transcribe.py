@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config file (default: configs/local.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set output.uri=/tmp/out (repeatable)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="also redo the rows whose error is marked retryable (their rows are replaced)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -33,10 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.run import run  # Ray is imported only once the config is known to be good
 
     try:
-        summary = run(config)
+        summary = run(config, retry_failed=args.retry_failed)
     except (ConfigError, SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: what was written stays; run the same command again to resume", file=sys.stderr)
+        return 130
     print(summary)
     return 0
 

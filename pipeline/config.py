@@ -31,11 +31,14 @@ class InputConfig(Base):
 
 class OutputConfig(Base):
     uri: str = Field("output/local", description="Folder or URI where the Parquet dataset is written.")
+    rows_per_file: int = Field(
+        256, ge=1, description="Rows gathered per output file; fewer means less work redone after a crash."
+    )
 
 
 class AudioConfig(Base):
     max_duration_s: float = Field(
-        4 * 3600.0, gt=0, description="Longest audio decoded per file; longer files are cut and flagged."
+        3 * 3600.0, gt=0, description="Longest audio decoded per file (bounds memory); a longer file is an error row."
     )
 
 
@@ -64,6 +67,30 @@ class TaskConfig(Base):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling settings.")
 
 
+class OpenAIServerConfig(Base):
+    """The running OpenAI-compatible server that the `openai` engine calls (vLLM's server, this project's app)."""
+
+    base_url: str = Field(description="The server's base URL, /v1 included, e.g. http://127.0.0.1:9999/v1.")
+    model: str | None = Field(None, description="Model name the server serves; default: engine.model_name.")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the server's API key, sent as a bearer token; unset: none."
+    )
+    max_concurrency: int = Field(
+        64, ge=1, description="Requests in flight to the server per replica; also the connection pool size."
+    )
+    timeout_s: float = Field(
+        600.0, gt=0, description="Longest wait for one attempt's answer; a request that times out becomes a "
+        "retryable error row."
+    )
+    connect_timeout_s: float = Field(10.0, gt=0, description="Longest wait to open a connection.")
+    max_retries: int = Field(
+        5, ge=0, description="Retries of a request answered 429 or 5xx, or that could not connect."
+    )
+    backoff_s: float = Field(
+        1.0, gt=0, description="First retry delay; doubles each retry (with jitter) up to 60 s; Retry-After wins."
+    )
+
+
 class EngineConfig(Base):
     kind: Literal["whisper", "vllm", "openai"] = Field("whisper", description="Which engine each replica holds.")
     family: str = Field("whisper", description="Model family: prompt format, item limit, output split.")
@@ -76,6 +103,9 @@ class EngineConfig(Base):
         description="Environment variables the engine sets in its replica before importing its library "
         "(e.g. VLLM_ENABLE_V1_MULTIPROCESSING: '0' for vLLM on CPU).",
     )
+    openai: OpenAIServerConfig | None = Field(
+        None, description="For kind openai: the running OpenAI-compatible server each replica calls."
+    )
 
     @model_validator(mode="after")
     def _family_known(self) -> EngineConfig:
@@ -84,6 +114,8 @@ class EngineConfig(Base):
 
         if self.family not in FAMILIES:
             raise ValueError(f"family {self.family!r} is not one of {', '.join(FAMILIES)}")
+        if self.kind == "openai" and self.openai is None:
+            raise ValueError("kind openai needs engine.openai.base_url: the server to call")
         return self
 
 
@@ -93,6 +125,22 @@ class AutoscalingConfig(Base):
     target_ongoing_requests: float = Field(2.0, gt=0, description="Ongoing requests per replica to aim for.")
     upscale_delay_s: float = Field(30.0, ge=0, description="Wait before adding replicas.")
     downscale_delay_s: float = Field(600.0, ge=0, description="Wait before removing replicas.")
+
+
+class HTTPConfig(Base):
+    """The app's OpenAI-compatible HTTP routes (host and port belong to Serve: `serve run`, RayService)."""
+
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the API key callers must send as `Authorization: Bearer "
+        "<key>`; unset: no key. Named but unset in the replica's environment: the app does not start."
+    )
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, gt=0, description="Largest request body accepted (413 above); base64 is 4/3 of the audio."
+    )
+    audio_url_protocols: list[str] = Field(
+        default_factory=list, description="fsspec protocols (s3, gs, ...) an audio_url may name besides data: URIs, "
+        "read with the replica's credentials; empty: data: URIs only. Never list `file` outside tests."
+    )
 
 
 class DeploymentConfig(Base):
@@ -108,6 +156,7 @@ class DeploymentConfig(Base):
         1800.0, gt=0, description="A request unanswered this long is cancelled and becomes a retryable error row."
     )
     reuse_running: bool = Field(False, description="Use an app of this name that is already running.")
+    http: HTTPConfig = Field(default_factory=HTTPConfig, description="The OpenAI-compatible HTTP routes.")
 
 
 class ResourcesConfig(Base):
@@ -119,6 +168,9 @@ class ResourcesConfig(Base):
     batch_size: int = Field(8, ge=1, description="Requests per call to the Serve app.")
     max_concurrent_batches: int = Field(4, ge=1, description="Calls each caller actor keeps in flight.")
     files_per_task: int = Field(4, ge=1, description="Files decoded per decode task.")
+    attempts: int = Field(
+        3, ge=1, description="Tries per batch when its replica dies; an item failing this often alone is quarantined."
+    )
 
 
 class RayConfig(Base):

@@ -2,19 +2,36 @@
 
 Each item row becomes one request per task; each request comes back as one output row. Rows that already
 carry an error (the file could not be read or decoded) become one error row per task without a call.
+
+A replica that dies takes the batches it held with it. Such a batch is sent again (a live replica takes
+it); one that keeps failing is split and each request tried alone, so the one item that kills engines is
+isolated and written as an error row (quarantined) instead of killing engine after engine.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from pipeline.config import TaskConfig
 from pipeline.requests import GenerationRequest, GenerationResult
 from pipeline.rows import OUTPUT_SCHEMA, table
+
+logger = logging.getLogger(__name__)
+
+# A replica that died or whose engine raised: the request may well succeed elsewhere.
+ENGINE_FAILURES = (RayActorError, ActorUnavailableError, RayTaskError)
+BACKOFF_S = 2.0  # a dead replica is replaced in about 10 s; new calls go to live ones meanwhile
+
+
+class Quarantined(Exception):
+    """The request failed every attempt, alone, each time with its replica or engine failing."""
 
 
 def request_id(item_id: str, segment_index: int | None, task: str) -> str:
@@ -35,15 +52,21 @@ def _result_columns(result: GenerationResult) -> dict[str, Any]:
 
 
 class Infer:
-    """Ray Data stage (async actors): item rows in, output rows out."""
+    """Ray Data stage (async actors): item rows in, output rows out.
+
+    `skip` holds the (item_id, segment_index, task) rows the output already has, for items it holds only
+    part of (a resumed run); those are not asked again.
+    """
 
     def __init__(self, *, app_name: str, deployment_name: str, tasks: list[dict[str, Any]], model: str,
-                 run_id: str):
+                 run_id: str, skip: set[tuple[str, int | None, str]] = frozenset(), attempts: int = 3):
         from ray import serve
 
         self.handle = serve.get_deployment_handle(deployment_name, app_name=app_name)
         self.tasks = [TaskConfig.model_validate(t) for t in tasks]
         self.common = {"model": model, "run_id": run_id}
+        self.skip = skip
+        self.attempts = attempts
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows, requests, waiting = [], [], []
@@ -52,6 +75,8 @@ class Infer:
             start, end = item["start_s"], item["end_s"]
             item["duration_s"] = end - start if start is not None else None
             for task in self.tasks:
+                if (item["item_id"], item["segment_index"], task.name) in self.skip:
+                    continue
                 row = {**item, **self.common, "task": task.name, "prompt": task.question}
                 if item["error_class"]:
                     rows.append(row)
@@ -63,9 +88,24 @@ class Infer:
                     prefill=task.prefill, sampling=task.sampling,
                 ))
         if requests:
-            results = await self.handle.generate.remote(requests)
+            results = await self._generate(requests)
             rows.extend({**row, **_result_columns(result)} for row, result in zip(waiting, results, strict=True))
         now = datetime.now(timezone.utc)
         for row in rows:
             row["created_at"] = now
         return table(rows, OUTPUT_SCHEMA)
+
+    async def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await self.handle.generate.remote(requests)
+            except ENGINE_FAILURES as e:
+                failure = e
+                logger.warning("batch of %d failed (attempt %d of %d): %s", len(requests), attempt,
+                               self.attempts, str(e).splitlines()[0])
+                await asyncio.sleep(BACKOFF_S * attempt)
+        if len(requests) > 1:
+            return [r for parts in await asyncio.gather(*(self._generate([r]) for r in requests)) for r in parts]
+        quarantined = Quarantined(f"failed {self.attempts} times alone, each time losing its replica or "
+                                  f"engine; last: {type(failure).__name__}: {str(failure).splitlines()[0]}")
+        return [GenerationResult.failure(requests[0].request_id, quarantined, retryable=False)]

@@ -5,7 +5,6 @@ A file that cannot be read or decoded yields one error row instead, so every fil
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import fsspec
@@ -16,11 +15,13 @@ from pipeline.audio import SAMPLE_RATE, DecodeError, decode_with_info
 from pipeline.rows import SEGMENT_SCHEMA, error_fields, table
 from pipeline.segment import segment
 
-logger = logging.getLogger(__name__)
-
 
 class ReadError(Exception):
     """The file could not be read."""
+
+
+class AudioTooLong(Exception):
+    """The file is longer than `audio.max_duration_s`; only that much was decoded (memory stays bounded)."""
 
 
 def read_bytes(uri: str) -> bytes:
@@ -43,19 +44,16 @@ def prepare_file(source: dict[str, Any], *, max_item_s: float, search_s: float,
         return [{**base, **error_fields("read", e, retryable=not missing)}]
     try:
         audio, cut = decode_with_info(data, max_duration_s=max_duration_s)
-        if len(audio) == 0:
-            raise DecodeError("the file holds no audio samples")
     except DecodeError as e:
         return [{**base, **error_fields("decode", DecodeError(f"{source['source_uri']}: {e}"), retryable=False)}]
     if cut:
-        logger.warning("%s is longer than audio.max_duration_s=%s; only its start is used",
-                       source["source_uri"], max_duration_s)
-    rows = []
-    for index, (start, end) in enumerate(segment(audio, sample_rate=SAMPLE_RATE, max_s=max_item_s,
-                                                 search_s=search_s)):
-        rows.append({**base, "segment_index": index, "start_s": start / SAMPLE_RATE, "end_s": end / SAMPLE_RATE,
-                     "audio": np.ascontiguousarray(audio[start:end], dtype=np.float32).tobytes()})
-    return rows
+        # Answering only the start would pass for the whole file: say so instead, and let the user raise it.
+        too_long = AudioTooLong(f"{source['source_uri']}: longer than audio.max_duration_s={max_duration_s:g} s")
+        return [{**base, **error_fields("decode", too_long, retryable=False)}]
+    bounds = segment(audio, sample_rate=SAMPLE_RATE, max_s=max_item_s, search_s=search_s)
+    return [{**base, "segment_index": index, "segment_count": len(bounds), "start_s": start / SAMPLE_RATE,
+             "end_s": end / SAMPLE_RATE, "audio": np.ascontiguousarray(audio[start:end], np.float32).tobytes()}
+            for index, (start, end) in enumerate(bounds)]
 
 
 def prepare_batch(batch: pa.Table, **options: Any) -> pa.Table:

@@ -14,6 +14,7 @@ SEGMENT_SCHEMA = pa.schema([
     ("item_id", pa.string()),
     ("source_uri", pa.string()),
     ("segment_index", pa.int32()),
+    ("segment_count", pa.int32()),
     ("start_s", pa.float64()),
     ("end_s", pa.float64()),
     ("audio", pa.binary()),  # float32 mono 16 kHz samples; bytes pass through Arrow without conversion
@@ -27,6 +28,7 @@ OUTPUT_SCHEMA = pa.schema([
     ("item_id", pa.string()),
     ("source_uri", pa.string()),
     ("segment_index", pa.int32()),
+    ("segment_count", pa.int32()),
     ("start_s", pa.float64()),
     ("end_s", pa.float64()),
     ("duration_s", pa.float64()),

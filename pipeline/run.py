@@ -1,6 +1,7 @@
 """Composes the stages into one lazy Dataset and runs it against the Serve app.
 
-    list sources ─► prepare (read, decode, segment; CPU tasks) ─► infer (async actors ─► Serve) ─► Parquet
+    plan (listing less what is answered) ─► prepare (read, decode, segment; CPU tasks)
+        ─► infer (async actors ─► Serve app) ─► Parquet (one file committed per write task)
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from fsspec.core import url_to_fs
 from ray import serve
 
 from deployments.app import DEPLOYMENT_NAME, application
+from pipeline.answered import Answered, output_files, scan
 from pipeline.config import Config, ConfigError
 from pipeline.infer import Infer
+from pipeline.plan import Plan, remove_plan, write_plan
 from pipeline.prepare import prepare_batch
 from pipeline.requests import ModelInfo
-from pipeline.sources import SourceFile, list_audio
+from pipeline.sink import ParquetSink
+from pipeline.sources import list_audio
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +35,18 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Summary:
     run_id: str
-    files: int
+    files: int  # audio files listed
+    skipped: int  # of which already answered in full
     audio_s: float
-    rows: int
+    rows: int  # rows this run wrote
     errors: int
     wall_s: float
     output_uri: str
 
     def __str__(self) -> str:
-        return (f"run {self.run_id}: {self.files} files, {self.audio_s:.1f} s of audio, {self.rows} rows "
-                f"({self.errors} errors) in {self.wall_s:.1f} s -> {self.output_uri}")
+        return (f"run {self.run_id}: {self.files} files ({self.skipped} already answered), "
+                f"{self.audio_s:.1f} s of audio, {self.rows} rows ({self.errors} errors) "
+                f"in {self.wall_s:.1f} s -> {self.output_uri}")
 
 
 def new_run_id() -> str:
@@ -68,10 +74,13 @@ def item_seconds(config: Config, info: ModelInfo) -> float:
     return config.segment.max_s
 
 
-def build_dataset(config: Config, sources: list[SourceFile], info: ModelInfo, run_id: str) -> ray.data.Dataset:
+def build_dataset(config: Config, plan: Plan, answered: Answered, info: ModelInfo,
+                  run_id: str) -> ray.data.Dataset:
     r = config.resources
-    files = ray.data.from_items([s.as_row() for s in sources],
-                                override_num_blocks=max(1, -(-len(sources) // r.files_per_task)))
+    fs, _ = url_to_fs(config.output.uri)
+    files = ray.data.read_parquet(plan.path, filesystem=fs, ray_remote_args={"num_cpus": r.read_cpus})
+    # Small blocks, so decoding spreads over many tasks instead of one per plan file.
+    files = files.repartition(target_num_rows_per_block=r.files_per_task)
     items = files.map_batches(
         prepare_batch, batch_format="pyarrow", batch_size=r.files_per_task, num_cpus=r.decode_cpus,
         fn_kwargs={"max_item_s": item_seconds(config, info), "search_s": config.segment.search_s,
@@ -83,7 +92,7 @@ def build_dataset(config: Config, sources: list[SourceFile], info: ModelInfo, ru
                                            max_tasks_in_flight_per_actor=r.max_concurrent_batches),
         fn_constructor_kwargs={"app_name": config.deployment.app_name, "deployment_name": DEPLOYMENT_NAME,
                                "tasks": [t.model_dump() for t in config.tasks], "model": info.model_name,
-                               "run_id": run_id},
+                               "run_id": run_id, "skip": answered.partial, "attempts": r.attempts},
     )
 
 
@@ -95,31 +104,45 @@ def start_app(config: Config) -> tuple[serve.handle.DeploymentHandle, bool]:
     return serve.run(application(config), name=name, route_prefix=None), True
 
 
-def summarize(output_uri: str, run_id: str, files: int, wall_s: float) -> Summary:
-    """Counted from what was written, so the summary cannot claim rows that are not there."""
-    fs, path = url_to_fs(output_uri)
-    written = pads.dataset(path, filesystem=fs, format="parquet").to_table(
+def count_written(output_uri: str, run_id: str) -> tuple[int, int, float]:
+    """Rows, error rows and audio seconds this run wrote, counted from the output itself."""
+    files = output_files(output_uri)
+    if not files:
+        return 0, 0, 0.0
+    fs, _ = url_to_fs(output_uri)
+    written = pads.dataset(files, filesystem=fs, format="parquet").to_table(
         columns=["item_id", "segment_index", "duration_s", "error_class"], filter=pc.field("run_id") == run_id)
     segments = written.group_by(["item_id", "segment_index"]).aggregate([("duration_s", "max")])
     audio_s = pc.sum(segments["duration_s_max"]).as_py() or 0.0
     errors = written.num_rows - pc.sum(pc.is_null(written["error_class"])).as_py()
-    return Summary(run_id, files, audio_s, written.num_rows, errors, wall_s, output_uri)
+    return written.num_rows, errors, audio_s
 
 
-def run(config: Config) -> Summary:
+def run(config: Config, *, retry_failed: bool = False) -> Summary:
+    """Answer every listed file not answered yet; `retry_failed` also redoes rows marked retryable."""
     start = time.perf_counter()
     run_id = new_run_id()
-    sources = list(list_audio(config.input.uri, config.input.extensions))
-    if not sources:
-        logger.warning("no audio files under %s (extensions %s)", config.input.uri, config.input.extensions)
-        return Summary(run_id, 0, 0.0, 0, 0, time.perf_counter() - start, config.output.uri)
-    init_ray(config)
-    handle, started = start_app(config)
+    model = config.engine.model_name
+    answered = scan(config.output.uri, {t.name: t.question for t in config.tasks}, model,
+                    drop_retryable=retry_failed)
+    plan = write_plan(list_audio(config.input.uri, config.input.extensions), answered.complete,
+                      config.output.uri, run_id)
     try:
-        info = handle.info.remote().result()
-        dataset = build_dataset(config, sources, info, run_id)
-        dataset.write_parquet(config.output.uri, ray_remote_args={"num_cpus": config.resources.write_cpus})
+        if plan.listed == 0:
+            logger.warning("no audio files under %s (extensions %s)", config.input.uri, config.input.extensions)
+        if plan.todo:
+            init_ray(config)
+            handle, started = start_app(config)
+            try:
+                info = handle.info.remote().result()
+                dataset = build_dataset(config, plan, answered, info, run_id)
+                dataset.write_datasink(ParquetSink(config.output.uri, run_id, config.output.rows_per_file),
+                                       ray_remote_args={"num_cpus": config.resources.write_cpus})
+            finally:
+                if started:
+                    serve.delete(config.deployment.app_name)
     finally:
-        if started:
-            serve.delete(config.deployment.app_name)
-    return summarize(config.output.uri, run_id, len(sources), time.perf_counter() - start)
+        remove_plan(plan)
+    rows, errors, audio_s = count_written(config.output.uri, run_id)
+    return Summary(run_id, plan.listed, plan.listed - plan.todo, audio_s, rows, errors,
+                   time.perf_counter() - start, config.output.uri)

@@ -33,5 +33,5 @@ def test_folder_without_audio_is_an_empty_run(tmp_path):
                            "--set", f"output.uri={tmp_path}/out"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0
-    assert "0 files, 0.0 s of audio, 0 rows (0 errors)" in done.stdout
+    assert "0 files (0 already answered), 0.0 s of audio, 0 rows (0 errors)" in done.stdout
     assert "no audio files under" in done.stderr
