@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from pipeline.sink import PLANS
 from pipeline.sources import SourceFile
 
 PLAN_SCHEMA = pa.schema([("item_id", pa.string()), ("source_uri", pa.string()), ("size", pa.int64()),
@@ -32,7 +33,7 @@ class Plan:
 def write_plan(sources: Iterable[SourceFile], skip: set[str], output_uri: str, run_id: str) -> Plan:
     """Stream `sources`, less the item ids in `skip`, to `<output>/_plans/<run_id>.parquet`."""
     fs, root = url_to_fs(output_uri)
-    path = posixpath.join(root, "_plans", f"{run_id}.parquet")
+    path = posixpath.join(root, PLANS, f"{run_id}.parquet")
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     listed = todo = 0
     sources = iter(sources)

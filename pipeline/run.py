@@ -26,7 +26,7 @@ from pipeline.infer import Infer
 from pipeline.plan import Plan, remove_plan, write_plan
 from pipeline.prepare import prepare_batch
 from pipeline.requests import ModelInfo
-from pipeline.sink import ParquetSink
+from pipeline.sink import ParquetSink, remove_leftovers
 from pipeline.sources import list_audio
 
 logger = logging.getLogger(__name__)
@@ -114,7 +114,7 @@ def count_written(output_uri: str, run_id: str) -> tuple[int, int, float]:
         columns=["item_id", "segment_index", "duration_s", "error_class"], filter=pc.field("run_id") == run_id)
     segments = written.group_by(["item_id", "segment_index"]).aggregate([("duration_s", "max")])
     audio_s = pc.sum(segments["duration_s_max"]).as_py() or 0.0
-    errors = written.num_rows - pc.sum(pc.is_null(written["error_class"])).as_py()
+    errors = pc.count(written["error_class"]).as_py()  # counts the non-null ones
     return written.num_rows, errors, audio_s
 
 
@@ -123,6 +123,7 @@ def run(config: Config, *, retry_failed: bool = False) -> Summary:
     start = time.perf_counter()
     run_id = new_run_id()
     model = config.engine.model_name
+    remove_leftovers(config.output.uri)  # one run at a time per output: what is staged now is a dead run's
     answered = scan(config.output.uri, {t.name: t.question for t in config.tasks}, model,
                     drop_retryable=retry_failed)
     plan = write_plan(list_audio(config.input.uri, config.input.extensions), answered.complete,

@@ -21,7 +21,8 @@ from ray.data.datasource import Datasink
 
 from pipeline.rows import OUTPUT_SCHEMA
 
-STAGING = "_tmp"
+STAGING = "_tmp"  # readers skip names starting with "_"
+PLANS = "_plans"
 
 
 def commit_table(fs: fsspec.AbstractFileSystem, root: str, table: pa.Table, relpath: str) -> str:
@@ -34,6 +35,15 @@ def commit_table(fs: fsspec.AbstractFileSystem, root: str, table: pa.Table, relp
         pq.write_table(table, f, compression="zstd")
     fs.mv(staged, final)
     return final
+
+
+def remove_leftovers(uri: str) -> None:
+    """Staged files and plans a killed run left behind; never read, only taking space."""
+    fs, root = url_to_fs(uri)
+    for folder in (STAGING, PLANS):
+        path = posixpath.join(root, folder)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
 
 
 def partition(now: datetime | None = None) -> str:
