@@ -34,6 +34,21 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
+def whisper_app(ray_cluster):
+    """A whisper Serve app shared by the session's pipeline runs; returns the `--set` overrides that reuse it."""
+    from ray import serve
+
+    from deployments.app import application
+    from pipeline.config import load_config
+
+    name = "test-whisper"
+    serve.run(application(load_config(None, [f"deployment.app_name={name}"])), name=name, route_prefix=None)
+    yield [f"deployment.app_name={name}", "deployment.reuse_running=true"]
+    if name in serve.status().applications:
+        serve.delete(name)
+
+
+@pytest.fixture(scope="session")
 def transcripts() -> dict[str, str]:
     return json.loads((ROOT / "samples" / "transcripts.json").read_text())
 

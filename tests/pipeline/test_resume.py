@@ -49,23 +49,10 @@ def assert_one_outcome_per_key(out: Path, inputs: Path) -> list[dict]:
     return written
 
 
-@pytest.fixture(scope="module")
-def app(ray_cluster):
-    """One whisper app that every in-process run of this module reuses."""
-    from ray import serve
-
-    from deployments.app import application
-
-    config = load_config(None, ["deployment.app_name=test-resume"])
-    serve.run(application(config), name="test-resume", route_prefix=None)
-    yield ["deployment.app_name=test-resume", "deployment.reuse_running=true"]
-    serve.delete("test-resume")
-
-
-def test_rerun_adds_nothing_and_new_files_add_exactly_their_rows(app, tmp_path):
+def test_rerun_adds_nothing_and_new_files_add_exactly_their_rows(whisper_app, tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     copy_samples(inputs, names={"greeting.wav", "story.ogg", "lecture.wav"})
-    config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *app])
+    config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app])
     first = run(config)
     assert first.rows == 4 and first.skipped == 0  # the lecture is two items
 
@@ -82,17 +69,17 @@ def test_rerun_adds_nothing_and_new_files_add_exactly_their_rows(app, tmp_path):
         {"new note.m4a", "0_weather.flac"}
 
 
-def test_a_new_task_or_prompt_is_answered_and_old_rows_stay(app, tmp_path):
+def test_a_new_task_or_prompt_is_answered_and_old_rows_stay(whisper_app, tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     copy_samples(inputs, names={"greeting.wav"})
-    run(load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *app]))
-    changed = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *app,
+    run(load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app]))
+    changed = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app,
                                  "tasks=[{name: transcribe, question: Write down what is said.}]"])
     assert run(changed).rows == 1
     assert sorted(r["prompt"] for r in rows(out)) == ["Please transcribe the audio.", "Write down what is said."]
 
 
-def test_retry_failed_replaces_retryable_rows(ray_cluster, app, tmp_path):
+def test_retry_failed_replaces_retryable_rows(ray_cluster, whisper_app, tmp_path):
     from ray import serve
 
     from deployments.app import application
@@ -111,7 +98,7 @@ def test_retry_failed_replaces_retryable_rows(ray_cluster, app, tmp_path):
     timed_out = [r for r in rows(out) if r["error_class"] == "RequestTimeout"]
     assert len(timed_out) == 2 and all(r["retryable"] for r in timed_out)
 
-    config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *app])
+    config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app])
     assert run(config).rows == 0  # a plain rerun leaves error rows alone
     retried = run(config, retry_failed=True)
     assert retried.rows == 2 and retried.errors == 0
@@ -121,12 +108,12 @@ def test_retry_failed_replaces_retryable_rows(ray_cluster, app, tmp_path):
     assert len(bad) == 1 and bad[0]["error_stage"] == "decode" and bad[0]["run_id"] != retried.run_id
 
 
-def test_killed_replica_costs_no_rows(app, tmp_path):
+def test_killed_replica_costs_no_rows(whisper_app, tmp_path):
     import ray
 
     inputs, out = tmp_path / "in", tmp_path / "out"
     copy_samples(inputs, copies=3)
-    config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", "output.rows_per_file=1", *app])
+    config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", "output.rows_per_file=1", *whisper_app])
     killed = []
 
     def kill_replica_once_rows_appear():
@@ -134,7 +121,7 @@ def test_killed_replica_costs_no_rows(app, tmp_path):
         while time.time() < deadline and not glob.glob(f"{out}/*/*.parquet"):
             time.sleep(0.2)
         for actor in ray.util.list_named_actors(all_namespaces=True):
-            if "test-resume" in actor["name"] and "EngineServer" in actor["name"]:
+            if whisper_app[0].split("=")[1] in actor["name"] and "EngineServer" in actor["name"]:
                 ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
                 killed.append(actor["name"])
 
