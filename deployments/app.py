@@ -1,7 +1,9 @@
 """Builds the Serve application from the project's config.
 
 `serve run deployments.app:build_app config=configs/local.yaml` and RayService's `import_path` use
-`build_app`; the batch job uses `application`, with the config it has already validated.
+`build_app`; the batch job uses `application`, with the config it has already validated. The one deployment
+answers the batch job through its handle (`generate`) and HTTP callers on its route prefix (OpenAI-compatible
+`/v1/chat/completions`; `serve run` serves it on http://127.0.0.1:8000/).
 """
 
 from __future__ import annotations
@@ -47,9 +49,12 @@ def deployment_options(config: Config) -> dict[str, Any]:
     return options
 
 
-def application(config: Config) -> Application:
-    return serve.deployment(EngineServer).options(**deployment_options(config)).bind(
-        config.engine.model_dump(mode="json"), config.deployment.request_timeout_s
+def application(config: Config, **options: Any) -> Application:
+    """The app for `config`; `options` (serve.deployment options, e.g. `ray_actor_options` with a runtime_env)
+    replace the config's."""
+    return serve.deployment(EngineServer).options(**{**deployment_options(config), **options}).bind(
+        config.engine.model_dump(mode="json"), config.deployment.request_timeout_s,
+        config.deployment.http.model_dump(mode="json"),
     )
 
 

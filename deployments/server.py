@@ -1,13 +1,18 @@
-"""The Serve deployment: one engine per replica, answering batches of requests from the pipeline."""
+"""The Serve deployment: one engine per replica, answering batches of requests from the pipeline (through a
+handle) and people and programs over HTTP (OpenAI-compatible routes, `deployments.openai.routes`)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import AsyncIterator
 from typing import Any
 
+from ray import serve
+
 from deployments.engines import create_engine
-from deployments.engines.base import RequestRejected
-from pipeline.config import EngineConfig
+from deployments.engines.base import RequestFailed, RequestRejected, StreamDelta
+from pipeline.config import EngineConfig, HTTPConfig
 from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
 
 
@@ -15,31 +20,83 @@ class RequestTimeout(Exception):
     """The engine gave no answer in time; the request was cancelled in the engine."""
 
 
+@serve.ingress()  # the ASGI app is built per replica, after __init__: __serve_build_asgi_app__
 class EngineServer:
     """Holds the replica's engine. Wrapped by `serve.deployment` in `deployments.app`."""
 
-    def __init__(self, engine: dict[str, Any], request_timeout_s: float):
+    def __init__(self, engine: dict[str, Any], request_timeout_s: float, http: dict[str, Any] | None = None):
+        self.http = HTTPConfig.model_validate(http or {})
+        # Before the engine loads (minutes for a large model): a key that is named but missing is a broken
+        # deployment, not an open endpoint.
+        self.api_key: str | None = None
+        if self.http.api_key_env:
+            self.api_key = os.environ.get(self.http.api_key_env) or None
+            if self.api_key is None:
+                raise RuntimeError(f"deployment.http.api_key_env names {self.http.api_key_env}, which is not set "
+                                   "in the replica's environment")
         self.engine = create_engine(EngineConfig.model_validate(engine))
         self.request_timeout_s = request_timeout_s
+
+    def __serve_build_asgi_app__(self):
+        from deployments.openai.routes import build_app
+
+        return build_app(self)
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self.engine.info
 
     async def info(self) -> ModelInfo:
         return self.engine.info
 
     async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Answer a batch concurrently, so the engine sees every request of it at once."""
-        return list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
+        return list(await asyncio.gather(*(self.generate_one(r) for r in requests)))
 
-    async def _generate_one(self, request: GenerationRequest) -> GenerationResult:
+    async def generate_one(self, request: GenerationRequest) -> GenerationResult:
+        """A result, failed if the request cannot be answered; raises only if the engine itself is in trouble."""
         try:
             return await asyncio.wait_for(self.engine.generate(request), self.request_timeout_s)
         except RequestRejected as e:
             return GenerationResult.failure(request.request_id, e, retryable=False)
+        except RequestFailed as e:
+            return GenerationResult.failure(request.request_id, e, retryable=True)
         except asyncio.TimeoutError:
-            timeout = RequestTimeout(f"no answer within deployment.request_timeout_s={self.request_timeout_s} s")
-            return GenerationResult.failure(request.request_id, timeout, retryable=True)
+            return GenerationResult.failure(request.request_id, self._timeout(), retryable=True)
+
+    async def stream_one(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        """The engine's pieces of one answer; a request that cannot be answered ends with a failed result, as
+        in `generate_one`, and the whole answer is held to `request_timeout_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout_s
+        pieces = self.engine.stream(request)
+        try:
+            while True:
+                try:
+                    piece = await asyncio.wait_for(anext(pieces), max(deadline - loop.time(), 0))
+                except StopAsyncIteration:
+                    return
+                except RequestRejected as e:
+                    yield StreamDelta("", GenerationResult.failure(request.request_id, e, retryable=False))
+                    return
+                except RequestFailed as e:
+                    yield StreamDelta("", GenerationResult.failure(request.request_id, e, retryable=True))
+                    return
+                except asyncio.TimeoutError:
+                    yield StreamDelta("", GenerationResult.failure(request.request_id, self._timeout(),
+                                                                   retryable=True))
+                    return
+                yield piece
+        finally:
+            await pieces.aclose()
+
+    def _timeout(self) -> RequestTimeout:
+        return RequestTimeout(f"no answer within deployment.request_timeout_s={self.request_timeout_s} s")
 
     async def check_health(self) -> None:
         await self.engine.check_health()
 
     async def __del__(self):
-        await self.engine.shutdown()
+        engine = getattr(self, "engine", None)  # None: __init__ failed before the engine was built
+        if engine is not None:
+            await engine.shutdown()

@@ -1,8 +1,10 @@
-"""The interface every engine fits: async generate for one request, health, shutdown."""
+"""The interface every engine fits: async generate (and stream) for one request, health, shutdown."""
 
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from pipeline.config import EngineConfig
 from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
@@ -10,6 +12,20 @@ from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
 
 class RequestRejected(Exception):
     """The request cannot be served as it is (audio too long, prompt over the context): retrying won't help."""
+
+
+class RequestFailed(Exception):
+    """This request failed but the engine is fine, and sending it again may work (a remote server timed out or
+    stayed overloaded through every retry)."""
+
+
+@dataclass
+class StreamDelta:
+    """A piece of a streamed answer: the text generated since the previous piece. The last piece also carries
+    the whole outcome (`result`), as `generate` would have returned it."""
+
+    text: str
+    result: GenerationResult | None = None
 
 
 class Engine(abc.ABC):
@@ -25,8 +41,14 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Answer one request. Raise `RequestRejected` for a request that can never succeed;
-        any other exception means the engine itself is in trouble."""
+        """Answer one request. Raise `RequestRejected` for a request that can never succeed, `RequestFailed` for
+        one that may succeed if sent again; any other exception means the engine itself is in trouble."""
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        """Answer one request piece by piece, raising as `generate` does. By default the whole answer is one
+        piece; engines that generate token by token override this."""
+        result = await self.generate(request)
+        yield StreamDelta(result.text or "", result)
 
     async def check_health(self) -> None:
         """Raise if the engine can no longer serve."""

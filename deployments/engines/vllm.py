@@ -19,11 +19,14 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from deployments.engines.base import Engine, RequestRejected
+from deployments.engines.base import Engine, RequestRejected, StreamDelta
 from deployments.formats import get_format
 from pipeline.config import EngineConfig
 from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
@@ -56,8 +59,9 @@ class VLLMEngine(Engine):
             from vllm.sampling_params import RequestOutputKind
 
             self._final_only = {"output_kind": RequestOutputKind.FINAL_ONLY}
-        except ImportError:
-            self._final_only = {}
+            self._cumulative = {"output_kind": RequestOutputKind.CUMULATIVE}
+        except ImportError:  # a vLLM whose outputs are always cumulative
+            self._final_only = self._cumulative = {}
         # What vLLM raises for a request it will not take (bad input, not a broken engine): ValueError on
         # 0.10, VLLMClientError (not a ValueError) on 0.32.
         request_errors: list[type[BaseException]] = [ValueError]
@@ -107,6 +111,33 @@ class VLLMEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()
+        job = await self._prepare(request, self._final_only)
+        final = None
+        async with aclosing(self._outputs(job)) as outputs:
+            async for output in outputs:
+                final = output
+        return self._result(request, job, final, started)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        """Text as vLLM generates it (cumulative outputs, sent as the new text of each); the last piece carries
+        the same result `generate` gives."""
+        started = time.perf_counter()
+        job = await self._prepare(request, self._cumulative)
+        sent = 0
+        final = None
+        # Closed at once when the caller stops listening, so the sequence is aborted in the engine.
+        async with aclosing(self._outputs(job)) as outputs:
+            async for output in outputs:
+                final = output
+                text = output.outputs[0].text if output.outputs and not output.finished else ""
+                if len(text) > sent:
+                    yield StreamDelta(text[sent:])
+                    sent = len(text)
+        result = self._result(request, job, final, started)
+        yield StreamDelta((result.text or "")[sent:], result)
+
+    async def _prepare(self, request: GenerationRequest, output_kind: dict[str, Any]) -> _Job:
+        """Check the request against the model's limits and build vLLM's inputs; RequestRejected if it can't fit."""
         if self._shut_down:
             raise RuntimeError("vLLM engine is shut down")
         fmt = self._format
@@ -137,44 +168,46 @@ class VLLMEngine(Engine):
             stop_token_ids=list(fmt.stop_token_ids) or None,
             stop=list(fmt.stop) or None,
             skip_special_tokens=fmt.skip_special_tokens,
-            **self._final_only,
+            **output_kind,
         )
         inputs: dict[str, Any] = {"prompt": prompt}
         if audio:
             inputs["multi_modal_data"] = {"audio": [(a, SAMPLE_RATE) for a in audio]}
         # Unique per attempt: a retried request must not collide with an earlier attempt still in the engine.
         request_id = f"{request.request_id}-{uuid.uuid4().hex[:12]}"
+        return _Job(prompt, prompt_tokens, prefill, params, inputs, request_id)
 
-        final = None
+    async def _outputs(self, job: _Job) -> AsyncIterator[Any]:
         try:
-            async for output in self._engine.generate(inputs, params, request_id):
-                final = output
-        except asyncio.CancelledError:
-            # The caller gave up (batch cancelled, replica draining): free the sequence's batch slot now.
-            # vLLM's generator aborts too when it sees the cancellation; aborting twice is harmless.
-            await self._abort(request_id)
+            async for output in self._engine.generate(job.inputs, job.params, job.request_id):
+                yield output
+        except (asyncio.CancelledError, GeneratorExit):
+            # The caller gave up (batch cancelled, replica draining, HTTP client gone): free the sequence's batch
+            # slot now. vLLM's generator aborts too when it sees the cancellation; aborting twice is harmless.
+            await self._abort(job.request_id)
             raise
         except self._request_errors as e:
             if self._errored():
                 raise
             raise RequestRejected(f"engine rejected the request: {type(e).__name__}: {e}") from e
-        if final is None or not final.outputs:
-            raise RuntimeError(f"vLLM returned no output for request {request_id}")
 
+    def _result(self, request: GenerationRequest, job: _Job, final: Any, started: float) -> GenerationResult:
+        if final is None or not final.outputs:
+            raise RuntimeError(f"vLLM returned no output for request {job.request_id}")
         completion = final.outputs[0]
         text = completion.text
         finish_reason = completion.finish_reason or ("stop" if final.finished else None)
-        parsed = fmt.split_output(text, prefill)
+        parsed = self._format.split_output(text, job.prefill)
         return GenerationResult(
             request_id=request.request_id,
-            prompt=prompt,
+            prompt=job.prompt,
             text=text,
             reasoning=parsed.reasoning,
             answer=parsed.answer,
             finish_reason=finish_reason,
             # Cut off by the token limit before any answer: the reasoning is partial, the answer missing.
             truncated=parsed.truncated or (finish_reason == "length" and not parsed.answer),
-            prompt_tokens=len(final.prompt_token_ids) if final.prompt_token_ids is not None else prompt_tokens,
+            prompt_tokens=len(final.prompt_token_ids) if final.prompt_token_ids is not None else job.prompt_tokens,
             completion_tokens=len(completion.token_ids),
             latency_s=time.perf_counter() - started,
         )
@@ -225,6 +258,18 @@ class VLLMEngine(Engine):
         # AsyncLLM.__del__ calls shutdown again, at the latest at interpreter exit, where vLLM 0.32 fails with
         # a misleading "'NoneType' object is not callable" traceback: it is done, so make that a no-op.
         engine.shutdown = lambda *args, **kwargs: None
+
+
+@dataclass
+class _Job:
+    """One request, checked and rendered, ready for vLLM."""
+
+    prompt: str
+    prompt_tokens: int
+    prefill: str
+    params: Any
+    inputs: dict[str, Any]
+    request_id: str
 
 
 def _audio_limit(engine: Any, engine_kwargs: dict[str, Any]) -> int | None:

