@@ -54,7 +54,7 @@ def application(config: Config, **options: Any) -> Application:
     replace the config's."""
     return serve.deployment(EngineServer).options(**{**deployment_options(config), **options}).bind(
         config.engine.model_dump(mode="json"), config.deployment.request_timeout_s,
-        config.deployment.http.model_dump(mode="json"),
+        config.deployment.http.model_dump(mode="json"), config.deployment.stall_timeout_s,
     )
 
 

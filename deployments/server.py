@@ -4,7 +4,9 @@ handle) and people and programs over HTTP (OpenAI-compatible routes, `deployment
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,11 +22,43 @@ class RequestTimeout(Exception):
     """The engine gave no answer in time; the request was cancelled in the engine."""
 
 
+class EngineStalled(Exception):
+    """The engine held requests but finished none for `deployment.stall_timeout_s`: Serve replaces the replica."""
+
+
+class ProgressWatch:
+    """Notices an engine that has work and makes no progress (a hung kernel, a wedged worker), which a
+    per-request timeout alone would only turn into endless retryable errors on the same stuck replica."""
+
+    def __init__(self, stall_s: float):
+        self.stall_s = stall_s
+        self.in_flight = 0
+        self.last_progress = time.monotonic()
+
+    @contextlib.contextmanager
+    def request(self):
+        if not self.in_flight:
+            self.last_progress = time.monotonic()
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.last_progress = time.monotonic()
+
+    def check(self) -> None:
+        idle = time.monotonic() - self.last_progress
+        if self.in_flight and idle > self.stall_s:
+            raise EngineStalled(f"{self.in_flight} requests in flight and none finished for {idle:.0f} s "
+                                f"(deployment.stall_timeout_s={self.stall_s:g})")
+
+
 @serve.ingress()  # the ASGI app is built per replica, after __init__: __serve_build_asgi_app__
 class EngineServer:
     """Holds the replica's engine. Wrapped by `serve.deployment` in `deployments.app`."""
 
-    def __init__(self, engine: dict[str, Any], request_timeout_s: float, http: dict[str, Any] | None = None):
+    def __init__(self, engine: dict[str, Any], request_timeout_s: float, http: dict[str, Any] | None = None,
+                 stall_timeout_s: float = float("inf")):
         self.http = HTTPConfig.model_validate(http or {})
         # Before the engine loads (minutes for a large model): a key that is named but missing is a broken
         # deployment, not an open endpoint.
@@ -36,6 +70,7 @@ class EngineServer:
                                    "in the replica's environment")
         self.engine = create_engine(EngineConfig.model_validate(engine))
         self.request_timeout_s = request_timeout_s
+        self.watch = ProgressWatch(stall_timeout_s)
 
     def __serve_build_asgi_app__(self):
         from deployments.openai.routes import build_app
@@ -56,7 +91,8 @@ class EngineServer:
     async def generate_one(self, request: GenerationRequest) -> GenerationResult:
         """A result, failed if the request cannot be answered; raises only if the engine itself is in trouble."""
         try:
-            return await asyncio.wait_for(self.engine.generate(request), self.request_timeout_s)
+            with self.watch.request():
+                return await asyncio.wait_for(self.engine.generate(request), self.request_timeout_s)
         except RequestRejected as e:
             return GenerationResult.failure(request.request_id, e, retryable=False)
         except RequestFailed as e:
@@ -70,30 +106,32 @@ class EngineServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.request_timeout_s
         pieces = self.engine.stream(request)
-        try:
-            while True:
-                try:
-                    piece = await asyncio.wait_for(anext(pieces), max(deadline - loop.time(), 0))
-                except StopAsyncIteration:
-                    return
-                except RequestRejected as e:
-                    yield StreamDelta("", GenerationResult.failure(request.request_id, e, retryable=False))
-                    return
-                except RequestFailed as e:
-                    yield StreamDelta("", GenerationResult.failure(request.request_id, e, retryable=True))
-                    return
-                except asyncio.TimeoutError:
-                    yield StreamDelta("", GenerationResult.failure(request.request_id, self._timeout(),
-                                                                   retryable=True))
-                    return
-                yield piece
-        finally:
-            await pieces.aclose()
+        with self.watch.request():
+            try:
+                while True:
+                    try:
+                        piece = await asyncio.wait_for(anext(pieces), max(deadline - loop.time(), 0))
+                    except StopAsyncIteration:
+                        return
+                    except RequestRejected as e:
+                        yield StreamDelta("", GenerationResult.failure(request.request_id, e, retryable=False))
+                        return
+                    except RequestFailed as e:
+                        yield StreamDelta("", GenerationResult.failure(request.request_id, e, retryable=True))
+                        return
+                    except asyncio.TimeoutError:
+                        yield StreamDelta("", GenerationResult.failure(request.request_id, self._timeout(),
+                                                                       retryable=True))
+                        return
+                    yield piece
+            finally:
+                await pieces.aclose()
 
     def _timeout(self) -> RequestTimeout:
         return RequestTimeout(f"no answer within deployment.request_timeout_s={self.request_timeout_s} s")
 
     async def check_health(self) -> None:
+        self.watch.check()
         await self.engine.check_health()
 
     async def __del__(self):

@@ -1,5 +1,7 @@
 """The Serve app with the embedded whisper engine, called through its handle as the pipeline calls it."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,23 @@ def test_answers_a_batch_in_order(start_app, transcripts):
     for name, r in zip(names, results):
         assert r.error_class is None and word_error_rate(transcripts[name], r.answer) <= 0.3
     assert handle.info.remote().result().max_item_s == 30.0
+
+
+def test_stalled_engine_fails_its_health_check_and_is_replaced(start_app):
+    import ray
+
+    def replicas():
+        return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                if "test-server-stall" in a["name"] and "EngineServer" in a["name"]}
+
+    # Any request outlasts a 1 ms stall limit, so the health check during it fails.
+    handle = start_app("test-server-stall", "deployment.stall_timeout_s=0.001", "deployment.health_check_period_s=1")
+    before = replicas()
+    long_clip = decode((SAMPLES / "lecture.wav").read_bytes())[: 29 * 16000]
+    calls = [handle.generate.remote([GenerationRequest(f"r{i}", [long_clip], "Transcribe.")]) for i in range(4)]
+    deadline = time.time() + 90
+    while replicas() in (before, set()) and time.time() < deadline:
+        time.sleep(0.5)
+    assert replicas() and replicas() != before
+    for call in calls:
+        call.cancel()
