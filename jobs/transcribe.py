@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config field, e.g. --set output.uri=/tmp/out (repeatable)")
     parser.add_argument("--retry-failed", action="store_true",
                         help="also redo the rows whose error is marked retryable (their rows are replaced)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress line (by default on stderr: in place on a terminal, else a log line)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.run import run  # Ray is imported only once the config is known to be good
 
     try:
-        summary = run(config, retry_failed=args.retry_failed)
+        summary = run(config, retry_failed=args.retry_failed, progress=None if args.quiet else sys.stderr)
     except (ConfigError, SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,11 +7,12 @@ Engine options pass through as a dict (`engine.engine_kwargs`) instead of mirror
 from __future__ import annotations
 
 import os
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "oga", "opus", "m4a", "aac", "webm", "mp4")
 
@@ -27,6 +28,48 @@ class Base(BaseModel):
 class InputConfig(Base):
     uri: str = Field("samples/audio", description="Folder, prefix or URI (any fsspec protocol) listed recursively.")
     extensions: list[str] = Field(list(AUDIO_EXTENSIONS), description="File extensions taken as audio, any case.")
+    glob: str | None = Field(None, description="Only paths below `uri` matching this pattern (`2026-*/*.wav`).")
+    since: str | None = Field(
+        None, description="Only files modified since: an ISO date/time, or a duration back from now (36h, 7d)."
+    )
+    max_size_mb: float | None = Field(None, gt=0, description="Larger files become error rows without download.")
+    manifest: str | None = Field(
+        None, description="A JSONL, CSV or Parquet table naming the audio (one row per file) instead of listing uri."
+    )
+    uri_column: str = Field("audio", description="The manifest's column holding each file's URI.")
+
+    @field_validator("since")
+    @classmethod
+    def _since_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            since_time(value)
+        return value
+
+    def since_time(self) -> datetime | None:
+        return since_time(self.since) if self.since else None
+
+
+def since_time(text: str, now: datetime | None = None) -> datetime:
+    """`2026-11-21`, `2026-11-21T02:00:00Z` (UTC unless a zone is given), or `36h` / `7d` / `90m` ago."""
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    text = str(text).strip()
+    if text[:-1].isdigit() and text[-1:] in units:
+        return (now or datetime.now(timezone.utc)) - timedelta(**{units[text[-1]]: int(text[:-1])})
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is neither an ISO date/time nor a duration like 36h or 7d") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+class StorageConfig(Base):
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, Ceph, R2); default: AWS_ENDPOINT_URL, else AWS."
+    )
+    anonymous: bool = Field(False, description="Read public buckets without credentials.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Extra fsspec filesystem options (no secrets: use the standard chain)."
+    )
 
 
 class OutputConfig(Base):
@@ -155,6 +198,10 @@ class DeploymentConfig(Base):
     request_timeout_s: float = Field(
         1800.0, gt=0, description="A request unanswered this long is cancelled and becomes a retryable error row."
     )
+    stall_timeout_s: float = Field(
+        900.0, gt=0, description="An engine holding requests that finishes none for this long fails its health "
+        "check, and Serve replaces the replica."
+    )
     reuse_running: bool = Field(False, description="Use an app of this name that is already running.")
     http: HTTPConfig = Field(default_factory=HTTPConfig, description="The OpenAI-compatible HTTP routes.")
 
@@ -180,15 +227,25 @@ class RayConfig(Base):
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a local cluster started by the job.")
 
 
+class ReportConfig(Base):
+    enabled: bool = Field(True, description="Write report.json and report.html under <output>/_reports/ after a run.")
+    gpu_hour_price: float | None = Field(
+        None, ge=0, description="Price of one GPU-hour, for the report's cost estimate; unset: no cost shown."
+    )
+    currency: str = Field("USD", description="Currency of gpu_hour_price, as shown in the report.")
+
+
 class Config(Base):
     input: InputConfig = Field(default_factory=InputConfig, description="Where the audio is.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where the Parquet goes.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Object-store access.")
     audio: AudioConfig = Field(default_factory=AudioConfig, description="Decoding limits.")
     segment: SegmentConfig = Field(default_factory=SegmentConfig, description="Cutting audio into items.")
     engine: EngineConfig = Field(default_factory=EngineConfig, description="The model engine.")
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig, description="The Serve app.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig, description="Ray Data resources.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Which Ray cluster.")
+    report: ReportConfig = Field(default_factory=ReportConfig, description="The run report.")
     tasks: list[TaskConfig] = Field(
         default_factory=lambda: [TaskConfig(name="transcribe", question="Please transcribe the audio.")],
         min_length=1,
@@ -201,6 +258,13 @@ class Config(Base):
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
         return self
+
+
+def asks(tasks: list[TaskConfig], task: str | None = None, question: str | None = None) -> list[TaskConfig]:
+    """What is asked of one item: every task, or only the one its manifest row names, with the row's own
+    question in place of the task's when it has one."""
+    chosen = [t for t in tasks if task is None or t.name == task]
+    return [t.model_copy(update={"question": question}) for t in chosen] if question else chosen
 
 
 def _parse_value(text: str) -> Any:

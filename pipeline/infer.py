@@ -19,7 +19,10 @@ import numpy as np
 import pyarrow as pa
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
-from pipeline.config import TaskConfig
+from pipeline.answered import digest
+from pipeline.config import TaskConfig, asks
+from pipeline.metrics import PipelineMetrics
+from pipeline.progress import segment_reports
 from pipeline.requests import GenerationRequest, GenerationResult
 from pipeline.rows import OUTPUT_SCHEMA, table
 
@@ -54,12 +57,15 @@ def _result_columns(result: GenerationResult) -> dict[str, Any]:
 class Infer:
     """Ray Data stage (async actors): item rows in, output rows out.
 
-    `skip` holds the (item_id, segment_index, task) rows the output already has, for items it holds only
-    part of (a resumed run); those are not asked again.
+    `skip` holds the rows the output already has (`pipeline.answered.digest(item_id, segment_index, task,
+    prompt)`) of items it holds only part of (a resumed run); those are not asked again.
+    `progress` (a `pipeline.progress.ProgressCounter` actor) is told what each batch did; metrics
+    (`pipeline.metrics`) are recorded from the rows it made.
     """
 
     def __init__(self, *, app_name: str, deployment_name: str, tasks: list[dict[str, Any]], model: str,
-                 run_id: str, skip: set[tuple[str, int | None, str]] = frozenset(), attempts: int = 3):
+                 run_id: str, skip: set[bytes] = frozenset(), attempts: int = 3,
+                 progress: Any = None):
         from ray import serve
 
         self.handle = serve.get_deployment_handle(deployment_name, app_name=app_name)
@@ -67,15 +73,19 @@ class Infer:
         self.common = {"model": model, "run_id": run_id}
         self.skip = skip
         self.attempts = attempts
+        self.progress = progress
+        self.metrics = PipelineMetrics(model)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         rows, requests, waiting = [], [], []
         for item in batch.to_pylist():
-            audio = item.pop("audio")
+            audio, only_task, question = item.pop("audio"), item.pop("only_task"), item.pop("question")
             start, end = item["start_s"], item["end_s"]
             item["duration_s"] = end - start if start is not None else None
-            for task in self.tasks:
-                if (item["item_id"], item["segment_index"], task.name) in self.skip:
+            # A manifest row naming an unknown task arrives as an error row: it is written under that name.
+            chosen = asks(self.tasks, only_task, question) or [TaskConfig(name=only_task, question=question or "")]
+            for task in chosen:
+                if digest(item["item_id"], item["segment_index"], task.name, task.question) in self.skip:
                     continue
                 row = {**item, **self.common, "task": task.name, "prompt": task.question}
                 if item["error_class"]:
@@ -88,12 +98,17 @@ class Infer:
                     prefill=task.prefill, sampling=task.sampling,
                 ))
         if requests:
-            results = await self._generate(requests)
+            with self.metrics.calling(len(requests)):
+                results = await self._generate(requests)
             rows.extend({**row, **_result_columns(result)} for row, result in zip(waiting, results, strict=True))
         now = datetime.now(timezone.utc)
         for row in rows:
             row["created_at"] = now
-        return table(rows, OUTPUT_SCHEMA)
+        out = table(rows, OUTPUT_SCHEMA)
+        self.metrics.record(out)
+        if self.progress is not None:
+            self.progress.add.remote(segment_reports(batch, out))  # not awaited: progress never slows a batch
+        return out
 
     async def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         for attempt in range(1, self.attempts + 1):

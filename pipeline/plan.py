@@ -9,18 +9,21 @@ from __future__ import annotations
 import itertools
 import posixpath
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
+from pipeline.answered import Answered
+from pipeline.config import TaskConfig, asks
 from pipeline.sink import PLANS
 from pipeline.sources import SourceFile
+from pipeline.storage import full_uri, open_fs
 
 PLAN_SCHEMA = pa.schema([("item_id", pa.string()), ("source_uri", pa.string()), ("size", pa.int64()),
-                         ("version", pa.string())])
-CHUNK = 10_000
+                         ("version", pa.string()), ("task", pa.string()), ("question", pa.string()),
+                         ("metadata", pa.string()), ("error_class", pa.string()), ("error", pa.string())])
+CHUNK = 1_000  # sources held at once: the driver memory bound while planning
 
 
 @dataclass
@@ -30,9 +33,24 @@ class Plan:
     todo: int  # of which this run works on
 
 
-def write_plan(sources: Iterable[SourceFile], skip: set[str], output_uri: str, run_id: str) -> Plan:
-    """Stream `sources`, less the item ids in `skip`, to `<output>/_plans/<run_id>.parquet`."""
-    fs, root = url_to_fs(output_uri)
+class UnknownTask(Exception):
+    """A manifest row names a task the config does not have."""
+
+
+def _checked(source: SourceFile, tasks: list[TaskConfig]) -> tuple[SourceFile, list[tuple[str, str]]]:
+    """The source (an error if it names an unknown task) and the (task, prompt) pairs asked of it."""
+    chosen = asks(tasks, source.task, source.question)
+    if chosen:
+        return source, [(t.name, t.question) for t in chosen]
+    unknown = UnknownTask(f"manifest task {source.task!r} is not one of {', '.join(t.name for t in tasks)}")
+    return (replace(source, error_class=type(unknown).__name__, error=str(unknown)),
+            [(source.task, source.question or "")])
+
+
+def write_plan(sources: Iterable[SourceFile], answered: Answered, tasks: list[TaskConfig], output_uri: str,
+               run_id: str, storage: dict | None = None) -> Plan:
+    """Stream `sources`, less those `answered` in full, to `<output>/_plans/<run_id>.parquet`."""
+    fs, root = open_fs(output_uri, storage)
     path = posixpath.join(root, PLANS, f"{run_id}.parquet")
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     listed = todo = 0
@@ -40,12 +58,13 @@ def write_plan(sources: Iterable[SourceFile], skip: set[str], output_uri: str, r
     with fs.open(path, "wb") as f, pq.ParquetWriter(f, PLAN_SCHEMA) as writer:
         while chunk := list(itertools.islice(sources, CHUNK)):
             listed += len(chunk)
-            rows = [s.as_row() for s in chunk if s.item_id not in skip]
+            checked = (_checked(source, tasks) for source in chunk)
+            rows = [source.as_row() for source, pairs in checked if not answered.complete(source.item_id, pairs)]
             todo += len(rows)
             writer.write_table(pa.Table.from_pylist(rows, schema=PLAN_SCHEMA))
-    return Plan(fs.unstrip_protocol(path) if "://" in output_uri else path, listed, todo)
+    return Plan(full_uri(fs, path), listed, todo)
 
 
-def remove_plan(plan: Plan) -> None:
-    fs, path = url_to_fs(plan.path)
+def remove_plan(plan: Plan, storage: dict | None = None) -> None:
+    fs, path = open_fs(plan.path, storage)
     fs.rm(path)

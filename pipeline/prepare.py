@@ -7,37 +7,50 @@ from __future__ import annotations
 
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 
 from pipeline.audio import SAMPLE_RATE, DecodeError, decode_with_info
 from pipeline.rows import SEGMENT_SCHEMA, error_fields, table
 from pipeline.segment import segment
+from pipeline.storage import open_fs
 
 
 class ReadError(Exception):
     """The file could not be read."""
 
 
+class FileTooLarge(Exception):
+    """The file is over `input.max_size_mb`; it was not downloaded."""
+
+
 class AudioTooLong(Exception):
     """The file is longer than `audio.max_duration_s`; only that much was decoded (memory stays bounded)."""
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, storage: dict | None = None) -> bytes:
     try:
-        with fsspec.open(uri, "rb") as f:
+        fs, path = open_fs(uri, storage)
+        with fs.open(path, "rb") as f:
             return f.read()
     except (OSError, ValueError) as e:
         raise ReadError(f"cannot read {uri}: {e}") from e
 
 
-def prepare_file(source: dict[str, Any], *, max_item_s: float, search_s: float,
-                 max_duration_s: float) -> list[dict[str, Any]]:
+def prepare_file(source: dict[str, Any], *, max_item_s: float, search_s: float, max_duration_s: float,
+                 max_size_mb: float | None = None, storage: dict | None = None) -> list[dict[str, Any]]:
     """The item rows of one listed file, or its single error row."""
-    base = {"item_id": source["item_id"], "source_uri": source["source_uri"]}
+    base = {"item_id": source["item_id"], "source_uri": source["source_uri"], "only_task": source.get("task"),
+            "question": source.get("question"), "metadata": source.get("metadata")}
+    if source.get("error_class"):  # a manifest row naming no readable object, or an unknown task
+        return [{**base, "error_stage": "read", "error_class": source["error_class"], "error": source["error"],
+                 "retryable": False}]
+    if max_size_mb is not None and source["size"] > max_size_mb * 1e6:
+        too_large = FileTooLarge(f"{source['source_uri']}: {source['size'] / 1e6:.1f} MB is over "
+                                 f"input.max_size_mb={max_size_mb:g}")
+        return [{**base, **error_fields("read", too_large, retryable=False)}]
     try:
-        data = read_bytes(source["source_uri"])
+        data = read_bytes(source["source_uri"], storage)
     except ReadError as e:
         # A vanished or forbidden file will not come back by retrying; a flaky store might.
         missing = isinstance(e.__cause__, (FileNotFoundError, PermissionError))

@@ -18,6 +18,9 @@ SEGMENT_SCHEMA = pa.schema([
     ("start_s", pa.float64()),
     ("end_s", pa.float64()),
     ("audio", pa.binary()),  # float32 mono 16 kHz samples; bytes pass through Arrow without conversion
+    ("only_task", pa.string()),  # from a manifest row: ask only this task
+    ("question", pa.string()),  # from a manifest row: the item's own question
+    ("metadata", pa.string()),  # from a manifest row: its other columns as a JSON object
     ("error_stage", pa.string()),
     ("error_class", pa.string()),
     ("error", pa.string()),
@@ -46,6 +49,7 @@ OUTPUT_SCHEMA = pa.schema([
     ("error_class", pa.string()),
     ("error_stage", pa.string()),
     ("retryable", pa.bool_()),
+    ("metadata", pa.string()),
     ("run_id", pa.string()),
     ("created_at", pa.timestamp("us", tz="UTC")),
 ])

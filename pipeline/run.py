@@ -10,24 +10,29 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Any, TextIO
 
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
-from fsspec.core import url_to_fs
 from ray import serve
 
 from deployments.app import DEPLOYMENT_NAME, application
 from pipeline.answered import Answered, output_files, scan
 from pipeline.config import Config, ConfigError
 from pipeline.infer import Infer
+from pipeline.manifest import read_manifest
 from pipeline.plan import Plan, remove_plan, write_plan
 from pipeline.prepare import prepare_batch
+from pipeline.progress import Progress
+from pipeline.report import report_run, run_facts
 from pipeline.requests import ModelInfo
 from pipeline.sink import ParquetSink, remove_leftovers
-from pipeline.sources import list_audio
+from pipeline.sources import SourceFile, list_audio
+from pipeline.storage import open_fs
 
 logger = logging.getLogger(__name__)
 
@@ -75,16 +80,18 @@ def item_seconds(config: Config, info: ModelInfo) -> float:
 
 
 def build_dataset(config: Config, plan: Plan, answered: Answered, info: ModelInfo,
-                  run_id: str) -> ray.data.Dataset:
+                  run_id: str, progress: Any = None) -> ray.data.Dataset:
     r = config.resources
-    fs, _ = url_to_fs(config.output.uri)
+    storage = config.storage.model_dump()
+    fs, _ = open_fs(config.output.uri, storage)
     files = ray.data.read_parquet(plan.path, filesystem=fs, ray_remote_args={"num_cpus": r.read_cpus})
     # Small blocks, so decoding spreads over many tasks instead of one per plan file.
     files = files.repartition(target_num_rows_per_block=r.files_per_task)
     items = files.map_batches(
         prepare_batch, batch_format="pyarrow", batch_size=r.files_per_task, num_cpus=r.decode_cpus,
         fn_kwargs={"max_item_s": item_seconds(config, info), "search_s": config.segment.search_s,
-                   "max_duration_s": config.audio.max_duration_s},
+                   "max_duration_s": config.audio.max_duration_s, "max_size_mb": config.input.max_size_mb,
+                   "storage": storage},
     )
     return items.map_batches(
         Infer, batch_format="pyarrow", batch_size=r.batch_size, num_cpus=r.infer_cpus,
@@ -92,7 +99,8 @@ def build_dataset(config: Config, plan: Plan, answered: Answered, info: ModelInf
                                            max_tasks_in_flight_per_actor=r.max_concurrent_batches),
         fn_constructor_kwargs={"app_name": config.deployment.app_name, "deployment_name": DEPLOYMENT_NAME,
                                "tasks": [t.model_dump() for t in config.tasks], "model": info.model_name,
-                               "run_id": run_id, "skip": answered.partial, "attempts": r.attempts},
+                               "run_id": run_id, "skip": answered.partial, "attempts": r.attempts,
+                               "progress": progress},
     )
 
 
@@ -104,12 +112,12 @@ def start_app(config: Config) -> tuple[serve.handle.DeploymentHandle, bool]:
     return serve.run(application(config), name=name, route_prefix=None), True
 
 
-def count_written(output_uri: str, run_id: str) -> tuple[int, int, float]:
+def count_written(output_uri: str, run_id: str, storage: dict) -> tuple[int, int, float]:
     """Rows, error rows and audio seconds this run wrote, counted from the output itself."""
-    files = output_files(output_uri)
+    files = output_files(output_uri, storage)
     if not files:
         return 0, 0, 0.0
-    fs, _ = url_to_fs(output_uri)
+    fs, _ = open_fs(output_uri, storage)
     written = pads.dataset(files, filesystem=fs, format="parquet").to_table(
         columns=["item_id", "segment_index", "duration_s", "error_class"], filter=pc.field("run_id") == run_id)
     segments = written.group_by(["item_id", "segment_index"]).aggregate([("duration_s", "max")])
@@ -118,16 +126,25 @@ def count_written(output_uri: str, run_id: str) -> tuple[int, int, float]:
     return written.num_rows, errors, audio_s
 
 
-def run(config: Config, *, retry_failed: bool = False) -> Summary:
-    """Answer every listed file not answered yet; `retry_failed` also redoes rows marked retryable."""
-    start = time.perf_counter()
+def sources(config: Config) -> Iterator[SourceFile]:
+    """The input's files: the manifest's rows, or the files listed under `input.uri`."""
+    i, storage = config.input, config.storage.model_dump()
+    if i.manifest:
+        return read_manifest(i.manifest, i.uri_column, storage=storage)
+    return list_audio(i.uri, i.extensions, storage=storage, glob=i.glob, since=i.since_time())
+
+
+def run(config: Config, *, retry_failed: bool = False, progress: TextIO | None = None) -> Summary:
+    """Answer every listed file not answered yet; `retry_failed` also redoes rows marked retryable.
+
+    `progress`: where to print the progress line (pipeline.progress), e.g. sys.stderr; None: nowhere."""
+    start, started_at = time.perf_counter(), datetime.now(timezone.utc)
+    tracker = None
     run_id = new_run_id()
-    model = config.engine.model_name
-    remove_leftovers(config.output.uri)  # one run at a time per output: what is staged now is a dead run's
-    answered = scan(config.output.uri, {t.name: t.question for t in config.tasks}, model,
-                    drop_retryable=retry_failed)
-    plan = write_plan(list_audio(config.input.uri, config.input.extensions), answered.complete,
-                      config.output.uri, run_id)
+    model, storage, output = config.engine.model_name, config.storage.model_dump(), config.output.uri
+    remove_leftovers(output, storage)  # one run at a time per output: what is staged now is a dead run's
+    answered = scan(output, model, drop_retryable=retry_failed, storage=storage)
+    plan = write_plan(sources(config), answered, config.tasks, output, run_id, storage)
     try:
         if plan.listed == 0:
             logger.warning("no audio files under %s (extensions %s)", config.input.uri, config.input.extensions)
@@ -136,14 +153,30 @@ def run(config: Config, *, retry_failed: bool = False) -> Summary:
             handle, started = start_app(config)
             try:
                 info = handle.info.remote().result()
-                dataset = build_dataset(config, plan, answered, info, run_id)
-                dataset.write_datasink(ParquetSink(config.output.uri, run_id, config.output.rows_per_file),
-                                       ray_remote_args={"num_cpus": config.resources.write_cpus})
+                with Progress(plan.todo, stream=progress, app_name=config.deployment.app_name,
+                              deployment_name=DEPLOYMENT_NAME) as tracker:
+                    dataset = build_dataset(config, plan, answered, info, run_id, tracker.counter)
+                    dataset.write_datasink(ParquetSink(output, run_id, config.output.rows_per_file, storage),
+                                           ray_remote_args={"num_cpus": config.resources.write_cpus})
             finally:
                 if started:
                     serve.delete(config.deployment.app_name)
     finally:
-        remove_plan(plan)
-    rows, errors, audio_s = count_written(config.output.uri, run_id)
-    return Summary(run_id, plan.listed, plan.listed - plan.todo, audio_s, rows, errors,
-                   time.perf_counter() - start, config.output.uri)
+        remove_plan(plan, storage)
+    rows, errors, audio_s = count_written(output, run_id, storage)
+    summary = Summary(run_id, plan.listed, plan.listed - plan.todo, audio_s, rows, errors,
+                      time.perf_counter() - start, output)
+    if config.report.enabled:
+        write_report(config, summary, started_at, tracker)
+    return summary
+
+
+def write_report(config: Config, summary: Summary, started_at: datetime, tracker: Progress | None) -> None:
+    """The run's report beside the output (pipeline.report); one that fails is logged, the rows stand."""
+    facts = run_facts(config, run_id=summary.run_id, started_at=started_at, wall_s=summary.wall_s,
+                      files_listed=summary.files, files_todo=summary.files - summary.skipped,
+                      mean_replicas=tracker.mean_replicas if tracker else None)
+    try:
+        logger.info("report: %s", report_run(config.output.uri, facts, config.storage.model_dump()))
+    except Exception:  # noqa: BLE001 - the output is complete; the report can be rebuilt (python -m pipeline.report)
+        logger.exception("could not write the run report for %s", summary.run_id)

@@ -15,11 +15,11 @@ from datetime import datetime, timezone
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
 from pipeline.rows import OUTPUT_SCHEMA
+from pipeline.storage import open_fs
 
 STAGING = "_tmp"  # readers skip names starting with "_"
 PLANS = "_plans"
@@ -37,9 +37,9 @@ def commit_table(fs: fsspec.AbstractFileSystem, root: str, table: pa.Table, relp
     return final
 
 
-def remove_leftovers(uri: str) -> None:
+def remove_leftovers(uri: str, storage: dict | None = None) -> None:
     """Staged files and plans a killed run left behind; never read, only taking space."""
-    fs, root = url_to_fs(uri)
+    fs, root = open_fs(uri, storage)
     for folder in (STAGING, PLANS):
         path = posixpath.join(root, folder)
         if fs.exists(path):
@@ -54,8 +54,9 @@ def partition(now: datetime | None = None) -> str:
 class ParquetSink(Datasink[list[str]]):
     """Ray Data sink for the output table: one committed file per write task."""
 
-    def __init__(self, uri: str, run_id: str, rows_per_file: int):
+    def __init__(self, uri: str, run_id: str, rows_per_file: int, storage: dict | None = None):
         self.uri = uri
+        self.storage = storage
         self.run_id = run_id
         self.rows_per_file = rows_per_file
         self.folder = partition()
@@ -68,6 +69,6 @@ class ParquetSink(Datasink[list[str]]):
         tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
         if not tables:
             return []
-        fs, root = url_to_fs(self.uri)
+        fs, root = open_fs(self.uri, self.storage)
         table = pa.concat_tables(tables).cast(OUTPUT_SCHEMA)
         return [commit_table(fs, root, table, f"{self.folder}/part-{self.run_id}-{ctx.task_idx:06d}.parquet")]

@@ -1,15 +1,23 @@
-"""Listing audio files under a local path or any fsspec URI, each with a stable item id."""
+"""Listing audio files under a local path or any fsspec URI, each with a stable item id.
+
+Listing streams: S3 is read page by page (1000 keys at a time) and other stores folder by folder, so the
+driver's memory does not grow with the number of objects.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import posixpath
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import fsspec
-from fsspec.core import url_to_fs
+from fsspec.asyn import sync
+
+from pipeline.storage import full_uri, open_fs
 
 
 class SourceError(Exception):
@@ -22,6 +30,11 @@ class SourceFile:
     source_uri: str
     size: int
     version: str
+    task: str | None = None  # from a manifest: ask only this task
+    question: str | None = None  # from a manifest: this item's own question
+    metadata: str | None = None  # from a manifest: its other columns, as a JSON object
+    error_class: str | None = None  # a manifest row that names no readable object
+    error: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
@@ -32,45 +45,71 @@ def item_id(uri: str, size: int, version: str) -> str:
     return hashlib.sha256(f"{uri}\0{size}\0{version}".encode()).hexdigest()[:24]
 
 
-def _version(info: dict[str, Any]) -> str:
+def version_of(info: dict[str, Any]) -> str:
     for key in ("ETag", "etag", "md5Hash", "generation", "mtime", "LastModified", "last_modified", "created"):
         if info.get(key) is not None:
             return str(info[key]).strip('"')
     return ""
 
 
-def _uri(fs: fsspec.AbstractFileSystem, path: str, *, local: bool) -> str:
-    """The URI as a user would write it: a plain path for local files, protocol://path otherwise."""
-    return path if local else fs.unstrip_protocol(path)
+def modified(info: dict[str, Any]) -> datetime | None:
+    """When the object last changed, as an aware datetime, if the store says."""
+    for key in ("LastModified", "last_modified", "mtime", "updated", "created"):
+        value = info.get(key)
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(value, timezone.utc)
+        if isinstance(value, str):
+            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return None
 
 
-def list_audio(uri: str, extensions: list[str]) -> Iterator[SourceFile]:
+def _walk(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, info) of every file under `root`."""
+    if fs.isfile(root):
+        yield root, fs.info(root)
+        return
+    if hasattr(fs, "_iterdir") and fs.protocol[0] == "s3":
+        bucket, _, key = root.partition("/")
+        prefix = key.rstrip("/") + "/" if key else ""
+        pages = fs._iterdir(bucket, delimiter="", prefix=prefix)  # flat, paginated: one page in memory
+        while True:
+            try:
+                info = sync(fs.loop, pages.__anext__)
+            except StopAsyncIteration:
+                return
+            yield info["name"], info
+    else:
+        for folder, _, files in fs.walk(root, detail=True):
+            for name, info in files.items():
+                yield info.get("name") or posixpath.join(folder, name), info
+
+
+def list_audio(uri: str, extensions: list[str], *, storage: dict | None = None, glob: str | None = None,
+               since: datetime | None = None) -> Iterator[SourceFile]:
     """Yield the audio files under `uri` (a file or a folder, walked recursively).
 
-    Walking one folder at a time keeps the driver's memory bounded by the largest folder.
+    `glob` filters on the path below `uri` (`calls/2026-*/*`); `since` keeps files modified at or after it.
     """
     try:
-        fs, root = url_to_fs(uri)
+        fs, root = open_fs(uri, storage)
     except (ValueError, ImportError) as e:
         raise SourceError(f"cannot open input {uri!r}: {e}") from e
-    local = fs.protocol in ("file", "local") or "file" in fs.protocol
     suffixes = {"." + e.lower().lstrip(".") for e in extensions}
     try:
         if not fs.exists(root):
             raise SourceError(f"input {uri!r} does not exist")
-        if fs.isfile(root):
-            walk = [(posixpath.dirname(root), {}, {posixpath.basename(root): fs.info(root)})]
-        else:
-            walk = fs.walk(root, detail=True)
-        for folder, dirs, files in walk:
-            for name in sorted(files):
-                if posixpath.splitext(name)[1].lower() not in suffixes:
-                    continue
-                info = files[name]
-                path = info.get("name") or posixpath.join(folder, name)
-                source = _uri(fs, path, local=local)
-                size = int(info.get("size") or 0)
-                version = _version(info)
-                yield SourceFile(item_id(source, size, version), source, size, version)
+        for path, info in _walk(fs, root.rstrip("/")):
+            if posixpath.splitext(path)[1].lower() not in suffixes:
+                continue
+            if glob and not fnmatch.fnmatch(posixpath.relpath(path, root), glob):
+                continue
+            if since and (modified(info) or since) < since:
+                continue
+            source = full_uri(fs, path)
+            size = int(info.get("size") or 0)
+            version = version_of(info)
+            yield SourceFile(item_id(source, size, version), source, size, version)
     except OSError as e:
         raise SourceError(f"cannot list input {uri!r}: {e}") from e

@@ -14,6 +14,12 @@ SAMPLES = ROOT / "samples" / "audio"
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Credentials for the loopback S3 test server only, set before Ray starts so its workers see them too.
+for key, value in {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret-do-not-log",
+                   "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    os.environ[key] = value
+os.environ.pop("AWS_ENDPOINT_URL", None)
+os.environ.pop("AWS_PROFILE", None)
 
 
 @pytest.fixture(scope="session")

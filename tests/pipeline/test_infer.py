@@ -12,6 +12,7 @@ import pytest
 from ray.exceptions import ActorDiedError
 
 import pipeline.infer
+from pipeline.answered import digest
 from pipeline.infer import Infer
 from pipeline.requests import GenerationResult
 from pipeline.rows import SEGMENT_SCHEMA
@@ -42,6 +43,8 @@ def stage(**kwargs) -> Infer:
     infer.common = {"model": "m", "run_id": "r"}
     infer.skip = kwargs.get("skip", set())
     infer.attempts = 2
+    infer.progress = None
+    infer.metrics = pipeline.infer.PipelineMetrics("m")
     return infer
 
 
@@ -71,7 +74,7 @@ def test_poison_item_is_quarantined_and_the_rest_answered():
 
 
 def test_rows_already_written_are_not_asked_again():
-    infer = stage(skip={("a", 0, "t")})
+    infer = stage(skip={digest("a", 0, "t", "q")})
     out = asyncio.run(infer(items("a", "b"))).to_pylist()
     assert [r["item_id"] for r in out] == ["b"]
     assert infer.handle.calls == [["b/0/t"]]
