@@ -94,12 +94,13 @@ def test_the_batch_runs_use_one_cluster_definition():
         doc(RAY_JOB, "RayJob")["spec"]["rayClusterSpec"]
 
 
-def test_the_nightly_run_reads_yesterdays_partition():
+def test_the_nightly_run_is_incremental_over_recent_uploads():
     entrypoint = doc(RAY_CRONJOB, "RayCronJob")["spec"]["jobTemplate"]["entrypoint"]
     use, problems = v.entrypoint_use(entrypoint, {}, "nightly")
     assert problems == []
-    assert f"input.uri=s3://my-audio-bucket/recordings/dt={v.SAMPLE_DATE}/" in use.overrides
-    assert f"output.uri=s3://my-audio-bucket/answers/step-audio-r1/dt={v.SAMPLE_DATE}/" in use.overrides
+    assert "input.uri=s3://my-audio-bucket/recordings/" in use.overrides
+    assert "input.since=3d" in use.overrides
+    assert "output.uri=s3://my-audio-bucket/answers/step-audio-r1/" in use.overrides
 
 
 def test_image_manifests_and_project_agree_on_versions():
