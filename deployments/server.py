@@ -14,6 +14,7 @@ from ray import serve
 
 from deployments.engines import create_engine
 from deployments.engines.base import RequestFailed, RequestRejected, StreamDelta
+from deployments.metrics import ReplicaMetrics
 from pipeline.config import EngineConfig, HTTPConfig
 from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
 
@@ -69,6 +70,7 @@ class EngineServer:
                 raise RuntimeError(f"deployment.http.api_key_env names {self.http.api_key_env}, which is not set "
                                    "in the replica's environment")
         self.engine = create_engine(EngineConfig.model_validate(engine))
+        self.metrics = ReplicaMetrics(self.engine.info.model_name)
         self.request_timeout_s = request_timeout_s
         self.watch = ProgressWatch(stall_timeout_s)
 
@@ -89,6 +91,12 @@ class EngineServer:
         return list(await asyncio.gather(*(self.generate_one(r) for r in requests)))
 
     async def generate_one(self, request: GenerationRequest) -> GenerationResult:
+        return await self.metrics.measure(self._generate_one(request))
+
+    def stream_one(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        return self.metrics.measure_stream(self._stream_one(request))
+
+    async def _generate_one(self, request: GenerationRequest) -> GenerationResult:
         """A result, failed if the request cannot be answered; raises only if the engine itself is in trouble."""
         try:
             with self.watch.request():
@@ -100,7 +108,7 @@ class EngineServer:
         except asyncio.TimeoutError:
             return GenerationResult.failure(request.request_id, self._timeout(), retryable=True)
 
-    async def stream_one(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+    async def _stream_one(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         """The engine's pieces of one answer; a request that cannot be answered ends with a failed result, as
         in `generate_one`, and the whole answer is held to `request_timeout_s`."""
         loop = asyncio.get_running_loop()

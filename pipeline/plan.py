@@ -62,6 +62,7 @@ def write_plan(sources: Iterable[SourceFile], answered: Answered, tasks: list[Ta
             rows = [source.as_row() for source, pairs in checked if not answered.complete(source.item_id, pairs)]
             todo += len(rows)
             writer.write_table(pa.Table.from_pylist(rows, schema=PLAN_SCHEMA))
+            del chunk, rows  # else the previous chunk stays alive while the next one is listed
     return Plan(full_uri(fs, path), listed, todo)
 
 

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from pipeline.answered import output_files
 from pipeline.metrics import reasoning_tokens
 from pipeline.rows import OUTPUT_SCHEMA
-from pipeline.storage import open_fs
+from pipeline.storage import full_uri, open_fs
 
 logger = logging.getLogger(__name__)
 
@@ -101,15 +101,18 @@ def reports_dir(uri: str, storage: dict | None = None) -> tuple[Any, str]:
     return fs, posixpath.join(root, REPORTS)
 
 
-def read_run_facts(uri: str, storage: dict | None = None) -> dict[str, dict]:
-    """run_id -> the facts its driver recorded (`run.json`)."""
+def read_run_facts(uri: str, run_ids: list[str] | None = None, storage: dict | None = None) -> dict[str, dict]:
+    """run_id -> the facts its driver recorded (`run.json`), for `run_ids` or every run that has them."""
     fs, folder = reports_dir(uri, storage)
+    if run_ids is None:
+        paths = fs.glob(posixpath.join(folder, "*", "run.json")) if fs.exists(folder) else []
+    else:
+        paths = [p for p in (posixpath.join(folder, r, "run.json") for r in run_ids) if fs.exists(p)]
     facts = {}
-    if fs.exists(folder):
-        for path in fs.glob(posixpath.join(folder, "*", "run.json")):
-            with fs.open(path, "r") as f:
-                run = json.load(f)
-            facts[run["run_id"]] = run
+    for path in paths:
+        with fs.open(path, "r") as f:
+            run = json.load(f)
+        facts[run["run_id"]] = run
     return facts
 
 
@@ -178,9 +181,9 @@ def summarize(rows: pa.Table, facts: dict[str, dict], *, output_uri: str, run_id
     answered = rows.filter(pc.is_null(rows["error_class"]))
     segments = _segments(rows)
     audio_s = float(pc.sum(segments["duration_s_max"]).as_py() or 0.0)
-    present = sorted(set(rows["run_id"].to_pylist()))
+    # Every run asked for, or else every run with rows or recorded facts (a run that found nothing new has none)
     runs = []
-    for run_id in sorted(set(present) | set(run_ids or [])):
+    for run_id in sorted(set(run_ids) if run_ids is not None else set(rows["run_id"].to_pylist()) | set(facts)):
         own = rows.filter(pc.equal(rows["run_id"], run_id))
         run_facts = facts.get(run_id)
         wall_s, estimated = _run_wall(run_id, rows, run_facts)
@@ -343,6 +346,8 @@ def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "–"
     if isinstance(value, float):
+        if value and abs(value) < 1:
+            return f"{value:.3g}"
         return f"{value:,.{digits}f}"
     if isinstance(value, int):
         return f"{value:,}"
@@ -389,7 +394,9 @@ def render_html(report: dict, images: list[tuple[str, bytes]]) -> str:
         [f"estimated cost ({cost['currency']})", cost["estimated_cost"]],
         [f"cost per audio hour ({cost['currency']})", cost["per_audio_hour"]],
         ["runs without recorded facts (not costed)", cost["runs_without_facts"]],
-    ]) + f"<p class=note>{html.escape(cost['basis'])}; no price configured: no cost.</p>"
+    ]) + f"<p class=note>{html.escape(cost['basis'])}" + \
+        ("" if cost["runs_priced"] else "; no price per GPU-hour configured (report.gpu_hour_price), so no cost") + \
+        ".</p>"
     runs = _table(["run", "started", "wall s", "files", "rows", "errors", "audio h", "audio h/h", "GPU-hours"], [
         [r["run_id"], r["started_at"], r["wall_s"], r["files"], r["rows"], r["error_rows"], r["audio_s"] / 3600,
          r["audio_hours_per_hour"], r["gpu_hours"]] for r in report["runs"][-200:]])
@@ -425,7 +432,7 @@ figure {{ display: inline-block; margin: 0.5em; }}
 def build(uri: str, run_ids: list[str] | None = None, *, storage: dict | None = None,
           gpu_hour_price: float | None = None) -> tuple[dict, str]:
     """(report.json's content, report.html) for `run_ids` (default: every run) of the output at `uri`."""
-    facts = read_run_facts(uri, storage)
+    facts = read_run_facts(uri, run_ids, storage)
     rows = load_rows(uri, run_ids, storage)
     report = summarize(rows, facts, output_uri=uri, run_ids=run_ids, gpu_hour_price=gpu_hour_price)
     return report, render_html(report, plots(rows, report, facts))
@@ -442,7 +449,7 @@ def write(uri: str, name: str, report: dict, page: str, *, storage: dict | None 
     _write(fs, posixpath.join(folder, "report.json"), json.dumps(report, indent=2, default=str))
     path = posixpath.join(folder, "report.html")
     _write(fs, path, page)
-    return path
+    return full_uri(fs, path)
 
 
 def write_latest(uri: str, report: dict, page: str, storage: dict | None = None) -> None:
