@@ -5,13 +5,13 @@ created inside a replica, so every series is per replica. Scraped from Ray's met
 prefix (and `_total` on counters). Serve's own `ray_serve_replica_processing_queries` counts handle calls,
 where one pipeline call carries a whole batch; these count single requests.
 
-| name (as scraped) | kind | labels (besides Serve's) | what |
-| --- | --- | --- | --- |
-| `ray_audio_serve_requests_in_flight` | gauge | model | requests this replica's engine is working on |
-| `ray_audio_serve_requests_total` | counter | model, outcome | requests finished: `ok`, or the error class (`RequestTimeout`, ...) |
-| `ray_audio_serve_request_latency_seconds` | histogram | model, outcome | time from the request reaching the replica to its result |
-| `ray_audio_serve_prompt_tokens_total` | counter | model | prompt tokens of answered requests |
-| `ray_audio_serve_completion_tokens_total` | counter | model | generated tokens of answered requests |
+- `ray_audio_serve_requests_in_flight` (gauge; model): requests this replica's engine is working on.
+- `ray_audio_serve_requests_total` (counter; model, outcome): requests finished; outcome is `ok`, the error
+  class (`RequestTimeout`, ...) or `cancelled` (the caller went away).
+- `ray_audio_serve_request_latency_seconds` (histogram; model, outcome): from the request reaching the
+  replica to its result.
+- `ray_audio_serve_prompt_tokens_total`, `ray_audio_serve_completion_tokens_total` (counters; model): tokens
+  of answered requests.
 
 Use: `self.metrics = ReplicaMetrics(model_name)` once the engine is up, then
 `return await self.metrics.measure(self._generate_one(request))` for each request, and
