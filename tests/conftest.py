@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,18 @@ def tiny_qwen2_audio(tmp_path_factory) -> Path:
                    capture_output=True, timeout=300)
     os.environ["TINY_MODEL_PATH"] = str(path)
     return path
+
+
+def serve_http_url() -> str:
+    """Serve's HTTP address in this Ray session: started on a free loopback port unless Serve already runs
+    (port 8000 may belong to someone else on a shared machine)."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    if _get_global_client(raise_if_no_controller_running=False) is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    options = _get_global_client().http_config
+    return f"http://{options.host}:{options.port}"

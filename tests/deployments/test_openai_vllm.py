@@ -11,7 +11,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import time
 
 import httpx
@@ -21,26 +20,12 @@ import soundfile as sf
 
 from pipeline.config import SamplingConfig, load_config
 from pipeline.requests import GenerationRequest
-from tests.conftest import ROOT, SAMPLES
+from tests.conftest import ROOT, SAMPLES, serve_http_url
 
 APP = "test-openai-vllm"
 MODEL = "tiny-qwen2-audio"
 SR = 16000
 TIMEOUT_S = 120
-
-
-def serve_http_url() -> str:
-    """Serve's HTTP address in this Ray session: started on a free loopback port unless Serve already runs."""
-    from ray import serve
-    from ray.serve.context import _get_global_client
-
-    if _get_global_client(raise_if_no_controller_running=False) is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-    options = _get_global_client().http_config
-    return f"http://{options.host}:{options.port}"
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 
 import httpx
 import numpy as np
@@ -18,27 +17,12 @@ import soundfile as sf
 from pipeline.audio import decode
 from pipeline.config import load_config
 from pipeline.requests import GenerationRequest
-from tests.conftest import SAMPLES, word_error_rate
+from tests.conftest import SAMPLES, serve_http_url, word_error_rate
 
 APP = "test-openai-whisper"
 KEY = "sk-whisper-test"
 MODEL = "whisper-tiny.en"
 MAX_BODY = 4 * 1024 * 1024
-
-
-def serve_http_url() -> str:
-    """Serve's HTTP address in this Ray session: started on a free loopback port unless Serve already runs
-    (port 8000 may belong to someone else on a shared machine)."""
-    from ray import serve
-    from ray.serve.context import _get_global_client
-
-    if _get_global_client(raise_if_no_controller_running=False) is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-    options = _get_global_client().http_config
-    return f"http://{options.host}:{options.port}"
 
 
 @pytest.fixture(scope="module")
