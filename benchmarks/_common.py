@@ -12,9 +12,23 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import psutil
+
+
+def scratch(prefix: str) -> Path:
+    """A temp dir for one benchmark, with the Ray cluster it starts kept inside it (RAY_TMPDIR), so it never
+    touches /tmp/ray or another session's cluster; quiet Ray Data, no auth token, no hub look-ups."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    (tmp / "ray").mkdir()
+    os.environ["RAY_TMPDIR"] = str(tmp / "ray")
+    for key, value in {"RAY_DATA_DISABLE_PROGRESS_BARS": "1", "RAY_AUTH_MODE": "disabled",
+                       "HF_HUB_OFFLINE": "1"}.items():
+        os.environ.setdefault(key, value)
+    return tmp
 
 
 def remove_tree(path) -> None:

@@ -205,14 +205,9 @@ def engine_cores() -> list[dict]:
 
 
 def main() -> None:
-    from _common import CpuAccount, Timers, busy_report, engine_intervals, remove_tree
+    from _common import CpuAccount, Timers, busy_report, engine_intervals, remove_tree, scratch
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-engine-"))
-    os.environ["RAY_TMPDIR"] = str(tmp / "ray")
-    (tmp / "ray").mkdir()
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tmp = scratch("bench-engine-")
     engine = None
     try:
         t0 = time.perf_counter()

@@ -31,14 +31,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import remove_tree  # noqa: E402
+from _common import remove_tree, scratch  # noqa: E402
 
 SIZES = (1_000, 10_000, 30_000)  # the ratio compares the first two; 30k shows the trend past 10k
 PER_FOLDER = 1_000
@@ -138,11 +137,7 @@ def child(uri: str, out: str, address: str, trace: bool) -> None:
 def main() -> None:
     import ray
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    os.environ["RAY_TMPDIR"] = str(tmp / "ray")
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    (tmp / "ray").mkdir()
+    tmp = scratch("bench-scale-")
     try:
         dirs = {}
         for n in SIZES:

@@ -40,11 +40,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from _common import CpuAccount, Timers, busy_report, engine_intervals, remove_tree
+from _common import CpuAccount, Timers, busy_report, engine_intervals, remove_tree, scratch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -93,11 +92,7 @@ def direct(model, files: list[Path], transcribe_kwargs: dict, max_item_s: float,
 
 
 def main() -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-whisper-"))
-    os.environ["RAY_TMPDIR"] = str(tmp / "ray")
-    (tmp / "ray").mkdir()
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    tmp = scratch("bench-whisper-")
     try:
         inputs = tmp / "in"
         make_files(inputs)
