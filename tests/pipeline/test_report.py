@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa

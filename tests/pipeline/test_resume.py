@@ -12,7 +12,6 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow.dataset as pads
-import pytest
 
 from pipeline.config import load_config
 from pipeline.run import run

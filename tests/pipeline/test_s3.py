@@ -1,7 +1,6 @@
 """Object storage for real: moto's S3 server on loopback, reached through s3fs by the pipeline's own code."""
 
 import os
-import shutil
 import socket
 import struct
 import subprocess
