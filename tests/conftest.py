@@ -106,3 +106,11 @@ def serve_http_url() -> str:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
     options = _get_global_client().http_config
     return f"http://{options.host}:{options.port}"
+
+
+def cmdline(process) -> str:
+    """A process's command line as one string (Ray and vLLM retitle theirs); empty once it is gone or not ours."""
+    try:
+        return " ".join(process.cmdline())
+    except Exception:
+        return ""

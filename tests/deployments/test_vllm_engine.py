@@ -17,7 +17,7 @@ import pytest
 from deployments.formats import get_format
 from pipeline.config import SamplingConfig, load_config
 from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cmdline
 
 QWEN = get_format("qwen2_audio")
 SR = 16000
@@ -268,24 +268,17 @@ def test_vllm_app_shuts_down_cleanly(vllm_app):
     _, app_name = vllm_app
     # Ray titles actor processes "ray::ServeReplica:<app>:<deployment>"; vLLM titles its engine-core process.
     title = f"ServeReplica:{app_name}:EngineServer"
-    replicas = [p for p in psutil.process_iter() if title in " ".join(_cmdline(p))]
+    replicas = [p for p in psutil.process_iter() if title in cmdline(p)]
     assert len(replicas) == 1, replicas
     engine_procs = replicas[0].children(recursive=True)
-    assert any("EngineCore" in " ".join(_cmdline(p)) for p in engine_procs), \
-        [(p.pid, _cmdline(p)) for p in engine_procs]
+    assert any("EngineCore" in cmdline(p) for p in engine_procs), \
+        [(p.pid, cmdline(p)) for p in engine_procs]
     watched = [*replicas, *engine_procs]
 
     serve.delete(app_name)
     assert app_name not in serve.status().applications
     _, alive = psutil.wait_procs(watched, timeout=60)
-    assert not [p for p in alive if _running(p)], [(p.pid, _cmdline(p)) for p in alive]
-
-
-def _cmdline(p) -> list[str]:
-    try:
-        return p.cmdline()
-    except Exception:  # gone, or not ours to read
-        return []
+    assert not [p for p in alive if _running(p)], [(p.pid, cmdline(p)) for p in alive]
 
 
 def _running(p) -> bool:
