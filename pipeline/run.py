@@ -83,11 +83,7 @@ def build_dataset(config: Config, plan: Plan, answered: Answered, info: ModelInf
                   run_id: str, progress: Any = None) -> ray.data.Dataset:
     r = config.resources
     storage = config.storage.model_dump()
-    fs, _ = open_fs(config.output.uri, storage)
-    files = ray.data.read_parquet(plan.path, filesystem=fs, ray_remote_args={"num_cpus": r.read_cpus})
-    # Small blocks, so decoding spreads over many tasks instead of one per plan file.
-    files = files.repartition(target_num_rows_per_block=r.files_per_task)
-    items = files.map_batches(
+    items = plan_dataset(config, plan).map_batches(
         prepare_batch, batch_format="pyarrow", batch_size=r.files_per_task, num_cpus=r.decode_cpus,
         fn_kwargs={"max_item_s": item_seconds(config, info), "search_s": config.segment.search_s,
                    "max_duration_s": config.audio.max_duration_s, "max_size_mb": config.input.max_size_mb,
@@ -102,6 +98,17 @@ def build_dataset(config: Config, plan: Plan, answered: Answered, info: ModelInf
                                "run_id": run_id, "skip": answered.partial, "attempts": r.attempts,
                                "progress": progress},
     )
+
+
+def plan_dataset(config: Config, plan: Plan) -> ray.data.Dataset:
+    """The plan in blocks of `files_per_task` rows, so decoding spreads over many tasks."""
+    r = config.resources
+    if plan.table is not None:
+        return ray.data.from_arrow([plan.table.slice(i, r.files_per_task)
+                                    for i in range(0, plan.todo, r.files_per_task)])
+    fs, _ = open_fs(plan.path, config.storage.model_dump())
+    files = ray.data.read_parquet(plan.path, filesystem=fs, ray_remote_args={"num_cpus": r.read_cpus})
+    return files.repartition(target_num_rows_per_block=r.files_per_task)
 
 
 def start_app(config: Config) -> tuple[serve.handle.DeploymentHandle, bool]:

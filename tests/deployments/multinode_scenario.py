@@ -52,7 +52,11 @@ def overrides(input_dir: str, output_dir: str) -> list[str]:
         # One replica to start, a second as soon as the handle reports more than one call in flight.
         "deployment.autoscaling={min_replicas: 1, max_replicas: 2, target_ongoing_requests: 1,"
         " upscale_delay_s: 0, downscale_delay_s: 600}",
-        # One caller actor keeping 4 small calls in flight: 4 ongoing requests against a target of 1.
+        # One caller actor keeping 4 small calls in flight: 4 ongoing requests against a target of 1. Decoding in
+        # few large tasks keeps decoded items waiting for it even on a loaded machine: with many small tasks
+        # the decode stage can become the bottleneck, the replica never has more than one call, and Serve,
+        # rightly, does not scale.
+        "resources.files_per_task=12",
         "resources.infer_actors=1",
         "resources.max_concurrent_batches=4",
         "resources.batch_size=2",
@@ -74,6 +78,7 @@ class Watcher(threading.Thread):
         self.pgs: dict[str, dict] = {}  # placement group name (== replica actor name) -> what it looked like
         self.actors: dict[str, dict] = {}  # replica actor name -> node id, pid
         self.probes: dict[str, list[dict]] = {}  # placement group name -> one probe per GPU bundle
+        self.pg_states: dict[str, list[tuple[float, str]]] = {}  # placement group name -> (time, state) changes
         self.errors: list[str] = []
 
     def run(self) -> None:
@@ -113,7 +118,12 @@ class Watcher(threading.Thread):
         self.max_alive_actors = max(self.max_alive_actors, alive)
 
         for pg_id, pg in ray.util.placement_group_table().items():
-            if not pg["name"].startswith(prefix) or pg["state"] != "CREATED":
+            if not pg["name"].startswith(prefix):
+                continue
+            states = self.pg_states.setdefault(pg["name"], [])
+            if not states or states[-1][1] != pg["state"]:
+                states.append((now, pg["state"]))
+            if pg["state"] != "CREATED":
                 continue
             if pg["name"] not in self.pgs:
                 self.pgs[pg["name"]] = {
@@ -152,6 +162,15 @@ def _gpu_probe_fn() -> dict:
 
 
 _gpu_probe = None
+
+
+def controller_lines() -> list[str]:
+    """What the Serve controller logged about the app (its scaling decisions), to explain a failed check."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    return [line.split(" -- ", 1)[-1].strip()[:300] for path in sorted(logs.glob("controller_*.log"))
+            for line in path.read_text(errors="replace").splitlines() if f"app='{APP_NAME}'" in line]
 
 
 def main(input_dir: str, output_dir: str) -> dict:
@@ -201,6 +220,8 @@ def main(input_dir: str, output_dir: str) -> dict:
             "placement_groups": watcher.pgs,
             "replica_actors": watcher.actors,
             "gpu_probes": watcher.probes,
+            "placement_group_states": watcher.pg_states,
+            "controller_log": controller_lines(),
             "watcher_errors": watcher.errors,
             "summary": {"run_id": summary.run_id, "files": summary.files, "rows": summary.rows,
                         "errors": summary.errors, "wall_s": round(summary.wall_s, 1)},

@@ -93,8 +93,10 @@ def test_the_gpu_bundles_give_gpus_0_to_3_of_the_replicas_node(scenario):
 def test_serve_scaled_from_one_to_two_replicas_on_different_nodes(scenario):
     result, _, _ = scenario
     running = [n for _, n in result["timeline"] if n]
-    assert running[0] == 1, result["timeline"]  # started with one replica ...
-    assert result["replicas_running_max"] == 2, result["timeline"]  # ... and had two at the peak
+    why = "\n".join([f"replicas running: {result['timeline']}",
+                     f"placement groups: {result['placement_group_states']}", *result["controller_log"]])
+    assert running[0] == 1, why  # started with one replica ...
+    assert result["replicas_running_max"] == 2, why  # ... and had two at the peak
     assert result["replica_actors_alive_max"] == 2
     assert len(result["placement_groups"]) == 2 and len(result["replica_actors"]) == 2
     nodes = {result["replica_actors"][name]["node_id"] for name in result["placement_groups"]}

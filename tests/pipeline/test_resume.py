@@ -134,9 +134,13 @@ def test_killed_replica_costs_no_rows(whisper_app, tmp_path):
 
 
 def run_job(inputs: Path, out: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "jobs/transcribe.py", "--set", f"input.uri={inputs}", "--set",
-                             f"output.uri={out}", "--set", "output.rows_per_file=1"], cwd=ROOT,
-                            start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    """The job, one row at a time (one file per call, one call in flight, one row per Parquet file): rows appear
+    one by one, so the test can stop it with work done and work left."""
+    one_at_a_time = ["output.rows_per_file=1", "resources.files_per_task=1", "resources.batch_size=1",
+                     "resources.max_concurrent_batches=1"]
+    args = [f"input.uri={inputs}", f"output.uri={out}", *one_at_a_time]
+    return subprocess.Popen([sys.executable, "jobs/transcribe.py", *(a for arg in args for a in ("--set", arg))],
+                            cwd=ROOT, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 def wait_for_files(out: Path, count: int, job: subprocess.Popen, timeout: float = 240) -> None:

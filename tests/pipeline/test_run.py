@@ -7,14 +7,17 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
+from pipeline import plan
 from pipeline.config import TaskConfig, load_config
 from pipeline.rows import OUTPUT_SCHEMA
 from pipeline.run import run
 from tests.conftest import SAMPLES, word_error_rate
 
 
-@pytest.fixture(scope="module")
-def finished_run(ray_cluster, tmp_path_factory):
+@pytest.fixture(scope="module", params=["plan in memory", "plan streamed"])
+def finished_run(request, ray_cluster, tmp_path_factory):
+    """A run over the samples; twice: with the plan in memory (a small job), and read back from a plan file
+    (a job of more than `plan.CHUNK` files; here 3)."""
     inputs = tmp_path_factory.mktemp("in")
     for f in SAMPLES.iterdir():
         shutil.copy(f, inputs / f.name)
@@ -24,7 +27,11 @@ def finished_run(ray_cluster, tmp_path_factory):
     config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", "deployment.app_name=test-run"])
     config.tasks = [TaskConfig(name="transcribe", question="Please transcribe the audio."),
                     TaskConfig(name="again", question="Transcribe it once more.")]
-    summary = run(config)
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "plan streamed":
+            patch.setattr(plan, "CHUNK", 3)
+        summary = run(config)
+    assert summary.files == 7 > 3  # so "plan streamed" reads a plan file of three chunks
     table = pads.dataset(str(out)).to_table()
     return summary, table.to_pylist(), table.schema, inputs
 

@@ -1,0 +1,42 @@
+"""The plan: one chunk of sources stays in memory; more are streamed to a file under `_plans/` in chunks."""
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import plan as plan_module
+from pipeline.answered import Answered, digest
+from pipeline.config import TaskConfig
+from pipeline.plan import remove_plan, write_plan
+from pipeline.sources import SourceFile
+
+TASKS = [TaskConfig(name="transcribe", question="Please transcribe the audio.")]
+
+
+def first_answered() -> Answered:
+    return Answered(done={digest("id-0", "transcribe", "Please transcribe the audio.")})
+
+
+def sources(n: int) -> list[SourceFile]:
+    return [SourceFile(item_id=f"id-{i}", source_uri=f"file:///in/{i}.wav", size=i, version=str(i)) for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_one_chunk_stays_in_memory(monkeypatch, tmp_path, n):
+    monkeypatch.setattr(plan_module, "CHUNK", 3)
+    plan = write_plan(sources(n), first_answered(), TASKS, str(tmp_path), "run")
+    assert (plan.listed, plan.todo, plan.path) == (n, n - 1, None)
+    assert plan.table.column("item_id").to_pylist() == [f"id-{i}" for i in range(1, n)]
+    remove_plan(plan)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("n", [4, 7])
+def test_more_is_streamed_to_a_file_in_chunks(monkeypatch, tmp_path, n):
+    monkeypatch.setattr(plan_module, "CHUNK", 3)
+    plan = write_plan(sources(n), first_answered(), TASKS, str(tmp_path), "run")
+    assert (plan.listed, plan.todo, plan.table) == (n, n - 1, None)
+    written = pq.ParquetFile(plan.path.removeprefix("file://"))
+    assert written.metadata.num_row_groups == -(-n // 3)  # one per chunk of sources
+    assert written.read().column("item_id").to_pylist() == [f"id-{i}" for i in range(1, n)]
+    remove_plan(plan)
+    assert not list((tmp_path / "_plans").iterdir())
