@@ -1,8 +1,8 @@
 """Pipeline overhead around the vLLM engine (issue 3): output tokens/s through `pipeline.run.run` vs the
 same requests straight into vLLM's `AsyncLLM`.
 
-What it measures, in one run, on the same 48 audio items (5-10 s each, cut from the sample clips, written as
-16 kHz WAVs to a temp dir) and the tasks of configs/tiny-vllm.yaml (2 tasks, so 96 requests: temperature 0,
+What it measures, in one run, on the same 48 audio items (`--items`; 5-10 s each, cut from the sample clips,
+written as 16 kHz WAVs to a temp dir) and the tasks of configs/tiny-vllm.yaml (2 tasks, so 96 requests: temperature 0,
 max_tokens 32, seed 0), with the tiny random-weight Qwen2-Audio model built by `tests.tiny_model`:
 
 - direct: an `AsyncLLM` built in a child process from the config's `engine.engine_kwargs` and `engine.env`
@@ -31,7 +31,10 @@ run and of everything else on the machine.
 
 Goal: `ratio=` pipeline tokens/s / direct tokens/s (whole runs, wall clock, pooled) >= 0.9.
 
-    .venv/bin/python benchmarks/engine_overhead.py
+    .venv/bin/python benchmarks/engine_overhead.py [--items 48]
+
+`--items N` sets the number of audio items (2 requests each): a longer job shows the pipeline with its fixed
+start-up amortised, as in the scheduled jobs it is for.
 """
 
 from __future__ import annotations
@@ -53,8 +56,8 @@ ITEMS = 48
 CONFIG = ROOT / "configs" / "tiny-vllm.yaml"
 
 
-def make_files(folder: Path) -> None:
-    """ITEMS WAVs of 5-10 s (16 kHz mono), cut at different offsets from all sample clips back to back."""
+def make_files(folder: Path, items: int) -> None:
+    """`items` WAVs of 5-10 s (16 kHz mono), cut at different offsets from all sample clips back to back."""
     import numpy as np
 
     from pipeline.audio import decode
@@ -63,8 +66,8 @@ def make_files(folder: Path) -> None:
     clips = sorted(p for p in (ROOT / "samples" / "audio").iterdir() if p.is_file())
     signal = np.concatenate([decode(p.read_bytes()) for p in clips])
     offset = 0
-    for i in range(ITEMS):
-        n = int((5.0 + 5.0 * ((i * 7) % ITEMS) / (ITEMS - 1)) * 16000)  # 5..10 s, shuffled
+    for i in range(items):
+        n = int((5.0 + 5.0 * ((i * 7) % items) / (items - 1)) * 16000)  # 5..10 s, shuffled
         if offset + n > len(signal):
             offset = (offset + 16000 * 3) % (len(signal) - n)
         pcm = (np.clip(signal[offset:offset + n], -1, 1) * 32767).astype("<i2").tobytes()
@@ -204,7 +207,7 @@ def engine_cores() -> list[dict]:
     return found
 
 
-def main() -> None:
+def main(items: int) -> None:
     from _common import CpuAccount, Timers, busy_report, engine_intervals, remove_tree, scratch
 
     tmp = scratch("bench-engine-")
@@ -216,8 +219,8 @@ def main() -> None:
                        capture_output=True, timeout=300)
         os.environ["TINY_MODEL_PATH"] = str(model)
         inputs = tmp / "in"
-        make_files(inputs)
-        print(f"tiny model and {ITEMS} input files made in {time.perf_counter() - t0:.1f} s")
+        make_files(inputs, items)
+        print(f"tiny model and {items} input files made in {time.perf_counter() - t0:.1f} s")
 
         # Both engines start at once (start-up is excluded from the timings; this only saves wall time).
         engine = DirectEngine(inputs)
@@ -342,4 +345,4 @@ if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--direct-child":
         direct_child(sys.argv[2])
     else:
-        main()
+        main(int(sys.argv[sys.argv.index("--items") + 1]) if "--items" in sys.argv else ITEMS)
