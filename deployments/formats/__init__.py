@@ -35,6 +35,10 @@ class ModelFormat:
     stop: list[str]  # stop strings, for models whose stop token id varies by checkpoint
     skip_special_tokens: bool
     prefills: tuple[str, ...]  # accepted prefill modes; the first is the default
+    # What the chat template puts after the assistant header when it opens the assistant turn itself
+    # (add_generation_prompt), e.g. an opened reasoning block; the OpenAI routes need it to map a continued
+    # assistant message back to a prefill mode.
+    generation_prompt_tail: str = ""
 
     def render_prompt(
         self, *, system: str | None, question: str, num_audio: int, prefill: str | None = None

@@ -68,4 +68,5 @@ FORMAT = StepAudioR1Format(
     stop=[],
     skip_special_tokens=False,
     prefills=("think", "forced", "off"),
+    generation_prompt_tail=THINK,
 )

@@ -35,11 +35,6 @@ from pipeline.requests import GenerationRequest, GenerationResult
 
 logger = logging.getLogger("ray.serve")
 
-# The text a family's chat template puts after the assistant header when it opens the assistant turn itself
-# (add_generation_prompt): Step-Audio-R1's template opens the reasoning block. Sending it as the start of the
-# assistant message reproduces that turn. Families not listed open nothing.
-GENERATION_PROMPT_TAIL = {"step_audio_r1": "<think>\n"}
-
 
 def assistant_prefills(fmt: ModelFormat) -> dict[str, str]:
     """For each of the format's prefill modes, the assistant message text that, continued
@@ -53,7 +48,7 @@ def assistant_prefills(fmt: ModelFormat) -> dict[str, str]:
         return fmt.render_prompt(system=None, question="", num_audio=0, prefill=mode)
 
     base = prompt(fmt.prefills[0])
-    head = GENERATION_PROMPT_TAIL.get(fmt.family, "")
+    head = fmt.generation_prompt_tail
     texts = {}
     for mode in fmt.prefills:
         rendered = prompt(mode)
