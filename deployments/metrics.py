@@ -24,10 +24,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
 
+from pipeline.metrics import LATENCY_BOUNDARIES  # the pipeline's buckets, so the two latency histograms line up
 from pipeline.requests import GenerationResult
-
-# Seconds, as the pipeline's request latency histogram (pipeline.metrics), so the two line up.
-LATENCY_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800]
 
 
 class ReplicaMetrics:
