@@ -6,6 +6,8 @@ import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from deployments.formats import ModelFormat
+from pipeline.audio import SAMPLE_RATE
 from pipeline.config import EngineConfig
 from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
 
@@ -17,6 +19,22 @@ class RequestRejected(Exception):
 class RequestFailed(Exception):
     """This request failed but the engine is fine, and sending it again may work (a remote server timed out or
     stayed overloaded through every retry)."""
+
+
+def checked_prefill(fmt: ModelFormat, prefill: str | None) -> str:
+    """The prefill mode to use; RequestRejected for one the model family lacks."""
+    try:
+        return fmt.check_prefill(prefill)
+    except ValueError as e:
+        raise RequestRejected(str(e)) from None
+
+
+def check_item_length(fmt: ModelFormat, index: int, samples: int) -> None:
+    """RequestRejected for an audio item (16 kHz samples) longer than the model family takes."""
+    seconds = samples / SAMPLE_RATE
+    if seconds > fmt.max_item_s:
+        raise RequestRejected(f"audio item {index} is {seconds:.2f} s, over {fmt.family}'s {fmt.max_item_s:g} s "
+                              "per item")
 
 
 @dataclass

@@ -26,7 +26,8 @@ import random
 import time
 from typing import Any
 
-from deployments.engines.base import Engine, RequestFailed, RequestRejected
+from deployments.engines.base import (Engine, RequestFailed, RequestRejected,
+                                      check_item_length, checked_prefill)
 from deployments.formats import get_format
 from deployments.openai.convert import assistant_prefills, wav_base64
 from pipeline.config import EngineConfig
@@ -148,15 +149,9 @@ class OpenAIEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()
-        try:
-            mode = self._format.check_prefill(request.prefill)
-        except ValueError as e:
-            raise RequestRejected(str(e)) from None
+        mode = checked_prefill(self._format, request.prefill)
         for i, a in enumerate(request.audio):
-            seconds = len(a) / 16000
-            if seconds > self._format.max_item_s:
-                raise RequestRejected(f"audio item {i} is {seconds:.2f} s, over {self._format.family}'s "
-                                      f"{self._format.max_item_s:g} s per item")
+            check_item_length(self._format, i, len(a))
         body = await asyncio.to_thread(self.payload, request, mode)  # base64 of the audio: keep the loop free
         data = await self._post(body, request.request_id)
         return self._result(request, mode, data, started)

@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from deployments.engines.base import Engine, RequestRejected, StreamDelta
+from deployments.engines.base import (Engine, RequestRejected, StreamDelta,
+                                      check_item_length, checked_prefill)
 from deployments.formats import get_format
+from pipeline.audio import SAMPLE_RATE
 from pipeline.config import EngineConfig
 from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
 
 logger = logging.getLogger("ray.serve")
 
-SAMPLE_RATE = 16000
 # A request is admitted only if its prompt leaves room for at least this many new tokens. One is the least a
 # generation can be; the task's `max_tokens` is then clamped to what the context leaves. A larger reserve
 # would silently reject prompts a user may still want (a short answer after a long prompt), and the pipeline
@@ -141,10 +142,7 @@ class VLLMEngine(Engine):
         if self._shut_down:
             raise RuntimeError("vLLM engine is shut down")
         fmt = self._format
-        try:
-            prefill = fmt.check_prefill(request.prefill)
-        except ValueError as e:
-            raise RequestRejected(str(e)) from None
+        prefill = checked_prefill(fmt, request.prefill)
         audio = [np.ascontiguousarray(a, dtype=np.float32) for a in request.audio]
         self._check_items(audio)
         prompt = fmt.render_prompt(
@@ -222,11 +220,7 @@ class VLLMEngine(Engine):
         for i, a in enumerate(audio):
             if a.ndim != 1:
                 raise RequestRejected(f"audio item {i} has shape {a.shape}; expected mono samples")
-            seconds = len(a) / SAMPLE_RATE
-            if seconds > fmt.max_item_s:
-                raise RequestRejected(
-                    f"audio item {i} is {seconds:.2f} s, over {fmt.family}'s {fmt.max_item_s:g} s per item"
-                )
+            check_item_length(fmt, i, len(a))
             if fmt.audio_tokens(len(a), SAMPLE_RATE) < 1:
                 raise RequestRejected(f"audio item {i} is {len(a)} samples, too short to give an audio token")
 
