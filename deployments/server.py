@@ -18,6 +18,9 @@ from deployments.metrics import ReplicaMetrics
 from pipeline.config import EngineConfig, HTTPConfig
 from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
 
+# What a request can end in without the engine being in trouble: each becomes a failed result, not an exception.
+UNANSWERABLE = (RequestRejected, RequestFailed, asyncio.TimeoutError)
+
 
 class RequestTimeout(Exception):
     """The engine gave no answer in time; the request was cancelled in the engine."""
@@ -101,12 +104,8 @@ class EngineServer:
         try:
             with self.watch.request():
                 return await asyncio.wait_for(self.engine.generate(request), self.request_timeout_s)
-        except RequestRejected as e:
-            return GenerationResult.failure(request.request_id, e, retryable=False)
-        except RequestFailed as e:
-            return GenerationResult.failure(request.request_id, e, retryable=True)
-        except asyncio.TimeoutError:
-            return GenerationResult.failure(request.request_id, self._timeout(), retryable=True)
+        except UNANSWERABLE as e:
+            return self._failure(request, e)
 
     async def _stream_one(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         """The engine's pieces of one answer; a request that cannot be answered ends with a failed result, as
@@ -121,22 +120,18 @@ class EngineServer:
                         piece = await asyncio.wait_for(anext(pieces), max(deadline - loop.time(), 0))
                     except StopAsyncIteration:
                         return
-                    except RequestRejected as e:
-                        yield StreamDelta("", GenerationResult.failure(request.request_id, e, retryable=False))
-                        return
-                    except RequestFailed as e:
-                        yield StreamDelta("", GenerationResult.failure(request.request_id, e, retryable=True))
-                        return
-                    except asyncio.TimeoutError:
-                        yield StreamDelta("", GenerationResult.failure(request.request_id, self._timeout(),
-                                                                       retryable=True))
+                    except UNANSWERABLE as e:
+                        yield StreamDelta("", self._failure(request, e))
                         return
                     yield piece
             finally:
                 await pieces.aclose()
 
-    def _timeout(self) -> RequestTimeout:
-        return RequestTimeout(f"no answer within deployment.request_timeout_s={self.request_timeout_s} s")
+    def _failure(self, request: GenerationRequest, e: Exception) -> GenerationResult:
+        """The failed result for a request that cannot be answered (UNANSWERABLE); only a rejected one is final."""
+        if isinstance(e, asyncio.TimeoutError):
+            e = RequestTimeout(f"no answer within deployment.request_timeout_s={self.request_timeout_s} s")
+        return GenerationResult.failure(request.request_id, e, retryable=not isinstance(e, RequestRejected))
 
     async def check_health(self) -> None:
         self.watch.check()
