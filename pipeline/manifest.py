@@ -10,6 +10,7 @@ or not found still yields its item, as an error row.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import posixpath
 from collections.abc import Iterator
@@ -73,7 +74,7 @@ def read_manifest(uri: str, uri_column: str, *, storage: dict | None = None) -> 
                           f"columns: {', '.join(first.schema.names)}")
     base_dir = posixpath.dirname(path)
     line = 0
-    for batch in _chain(first, batches):
+    for batch in itertools.chain([first], batches):
         for row in batch.to_pylist():
             line += 1
             raw = row.pop(uri_column)
@@ -93,7 +94,3 @@ def read_manifest(uri: str, uri_column: str, *, storage: dict | None = None) -> 
                 yield SourceFile(str(fixed["id"]) if fixed["id"] is not None else stable, str(raw), 0, "",
                                  error_class=type(error).__name__, error=f"manifest row {line}: {error}", **common)
 
-
-def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    yield first
-    yield from rest

@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -192,9 +192,9 @@ class Progress:
         try:
             counts = ray.get(self.counter.counts.remote(), timeout=10)
         except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
-            counts = {k: getattr(self.last, k) for k in ("files_done", "segments_known", "segments_done", "rows",
-                                                         "audio_s", "errors")}
-        self.last = Snapshot(self.files_todo, elapsed, **counts)
+            self.last = replace(self.last, elapsed_s=elapsed)
+        else:
+            self.last = Snapshot(self.files_todo, elapsed, **counts)
         return self.last
 
     def _loop(self) -> None:
