@@ -31,6 +31,14 @@ def scratch(prefix: str) -> Path:
     return tmp
 
 
+def wav_16k(pcm: bytes) -> bytes:
+    """A WAV file of 16 kHz mono 16-bit little-endian samples (`pcm`), header written by hand: no audio library."""
+    return (b"RIFF" + (36 + len(pcm)).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
+            + (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + (16000).to_bytes(4, "little")
+            + (32000).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+            + b"data" + len(pcm).to_bytes(4, "little") + pcm)
+
+
 def remove_tree(path) -> None:
     """Remove a temp dir, again after a moment: Ray processes still exiting may write session logs into it."""
     shutil.rmtree(path, ignore_errors=True)

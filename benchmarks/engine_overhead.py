@@ -60,6 +60,7 @@ def make_files(folder: Path, items: int) -> None:
     """`items` WAVs of 5-10 s (16 kHz mono), cut at different offsets from all sample clips back to back."""
     import numpy as np
 
+    from _common import wav_16k
     from pipeline.audio import decode
 
     folder.mkdir(parents=True)
@@ -72,11 +73,7 @@ def make_files(folder: Path, items: int) -> None:
             offset = (offset + 16000 * 3) % (len(signal) - n)
         pcm = (np.clip(signal[offset:offset + n], -1, 1) * 32767).astype("<i2").tobytes()
         offset += n
-        header = (b"RIFF" + (36 + len(pcm)).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
-                  + (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + (16000).to_bytes(4, "little")
-                  + (32000).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
-                  + b"data" + len(pcm).to_bytes(4, "little"))
-        (folder / f"item-{i:03d}.wav").write_bytes(header + pcm)
+        (folder / f"item-{i:03d}.wav").write_bytes(wav_16k(pcm))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import remove_tree, scratch  # noqa: E402
+from _common import remove_tree, scratch, wav_16k  # noqa: E402
 
 SIZES = (1_000, 10_000, 30_000)  # the ratio compares the first two; 30k shows the trend past 10k
 PER_FOLDER = 1_000
@@ -48,11 +48,7 @@ def make_files(root: Path, n: int) -> None:
     import numpy as np
 
     samples = (np.sin(np.arange(1600) * 2 * np.pi * 440 / 16000) * 8000).astype("<i2").tobytes()
-    header = (b"RIFF" + (36 + len(samples)).to_bytes(4, "little") + b"WAVEfmt " + (16).to_bytes(4, "little")
-              + (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + (16000).to_bytes(4, "little")
-              + (32000).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
-              + b"data" + len(samples).to_bytes(4, "little"))
-    data = header + samples
+    data = wav_16k(samples)
     for i in range(n):
         folder = root / f"part{i // PER_FOLDER:04d}"
         if i % PER_FOLDER == 0:
