@@ -11,6 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples" / "audio"
+STEP_AUDIO_R1_TEMPLATE = ROOT / "tests" / "data" / "step_audio_r1_chat_template.jinja"  # the official one
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -41,6 +42,20 @@ def ray_cluster():
 
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3 server (moto's) on loopback: its URL and a boto3 client."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    yield url, boto3.client("s3", endpoint_url=url)
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -100,10 +115,7 @@ def serve_http_url() -> str:
     from ray.serve.context import _get_global_client
 
     if _get_global_client(raise_if_no_controller_running=False) is None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     options = _get_global_client().http_config
     return f"http://{options.host}:{options.port}"
 
@@ -114,3 +126,39 @@ def cmdline(process) -> str:
         return " ".join(process.cmdline())
     except Exception:
         return ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def official_step_audio_r1(messages: list[dict], *, add_generation_prompt: bool) -> str:
+    """Step-Audio-R1's official chat template rendered as transformers' apply_chat_template renders it."""
+    import jinja2.ext
+    import jinja2.sandbox
+
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                       extensions=[jinja2.ext.loopcontrols])
+    return env.from_string(STEP_AUDIO_R1_TEMPLATE.read_text()).render(
+        messages=messages, tools=None, add_generation_prompt=add_generation_prompt)
+
+
+def tone(seconds: float, freq: float = 220.0, seed: int = 0):
+    """A quiet tone plus noise at 16 kHz: something for an audio encoder to chew on, different per seed."""
+    import numpy as np
+
+    t = np.arange(int(round(seconds * 16000))) / 16000
+    noise = np.random.default_rng(seed).standard_normal(len(t)) * 0.01
+    return (0.1 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
+
+
+def samples_in(folder: Path, *names: str) -> Path:
+    """`folder`, made, holding copies of the named sample files under their own names."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy(SAMPLES / name, folder / name)
+    return folder

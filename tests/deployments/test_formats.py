@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jinja2.ext
-import jinja2.sandbox
 import pytest
 
 from deployments.formats import (
@@ -18,20 +16,11 @@ from deployments.formats import (
     get_format,
     render_prompt,
 )
+from tests.conftest import official_step_audio_r1
 
-TEMPLATE = Path(__file__).parents[1] / "data" / "step_audio_r1_chat_template.jinja"
 R1 = get_format("step_audio_r1")
 QWEN = get_format("qwen2_audio")
 WHISPER = get_format("whisper")
-
-
-def official(messages: list[dict], *, add_generation_prompt: bool) -> str:
-    # The environment transformers' apply_chat_template renders chat templates in.
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
-    )
-    template = env.from_string(TEMPLATE.read_text())
-    return template.render(messages=messages, tools=None, add_generation_prompt=add_generation_prompt)
 
 
 def chat(system: str | None, question: str, num_audio: int) -> list[dict]:
@@ -50,7 +39,7 @@ QUESTIONS = ["What is said?", "Transcribe this.\nThen summarise 'it' in \"one\" 
 @pytest.mark.parametrize("system", SYSTEMS)
 @pytest.mark.parametrize("question", QUESTIONS)
 def test_step_audio_r1_prompt_matches_official_template(system, question, num_audio):
-    expected = official(chat(system, question, num_audio), add_generation_prompt=True)
+    expected = official_step_audio_r1(chat(system, question, num_audio), add_generation_prompt=True)
     got = render_prompt("step_audio_r1", system=system, question=question, num_audio=num_audio)
     assert got == expected
     assert got == R1.render_prompt(system=system, question=question, num_audio=num_audio, prefill="think")
@@ -73,7 +62,7 @@ def test_step_audio_r1_prefills(prefill, assistant):
     # ... and equals the template rendering a final assistant message (the HTTP path's
     # continue_final_message=True, add_generation_prompt=False).
     messages = chat("S", "Q", 1) + [{"role": "assistant", "content": assistant}]
-    assert got == official(messages, add_generation_prompt=False)
+    assert got == official_step_audio_r1(messages, add_generation_prompt=False)
 
 
 def test_unknown_prefill():

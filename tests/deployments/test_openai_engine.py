@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 import threading
 import time
 from collections import deque
-from pathlib import Path
 
-import jinja2.ext
-import jinja2.sandbox
 import numpy as np
 import pytest
 import uvicorn
@@ -26,15 +22,9 @@ from deployments.openai.convert import assistant_prefills
 from pipeline.audio import decode
 from pipeline.config import EngineConfig, SamplingConfig
 from pipeline.requests import GenerationRequest
+from tests.conftest import free_port, official_step_audio_r1
 
-TEMPLATE = Path(__file__).parents[1] / "data" / "step_audio_r1_chat_template.jinja"
 KEY = "sk-test-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stub:
@@ -127,12 +117,6 @@ def request(audio=None, *, prefill="think", system=None, question="What is said?
                              prefill=prefill, sampling=SamplingConfig(**sampling))
 
 
-def official(messages, **kwargs) -> str:
-    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                       extensions=[jinja2.ext.loopcontrols])
-    return env.from_string(TEMPLATE.read_text()).render(messages=messages, tools=None, **kwargs)
-
-
 def as_template_messages(body: dict) -> list[dict]:
     """The messages as vLLM's chat utils hand them to a template: an input_audio part becomes an audio item."""
     out = []
@@ -164,7 +148,7 @@ def test_body_renders_the_in_process_prompt(stub, prefill):
     assert np.array_equal(decode(base64.b64decode(part["input_audio"]["data"])), audio)
     # vLLM renders the model's template over these messages: the same prompt as the in-process engine.
     fmt = get_format("step_audio_r1")
-    assert official(as_template_messages(body), add_generation_prompt=False) == fmt.render_prompt(
+    assert official_step_audio_r1(as_template_messages(body), add_generation_prompt=False) == fmt.render_prompt(
         system="You are an expert.", question="What is said?", num_audio=1, prefill=prefill)
     # No reasoning parser on the server: split here, as the in-process engine splits.
     expected = fmt.split_output(stub.content, prefill)
@@ -178,7 +162,7 @@ def test_assistant_prefills_continue_the_template():
     fmt = get_format("step_audio_r1")
     chat = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Q"}]}]
     for mode, text in assistant_prefills(fmt).items():
-        continued = official(chat + [{"role": "assistant", "content": text}], add_generation_prompt=False)
+        continued = official_step_audio_r1(chat + [{"role": "assistant", "content": text}], add_generation_prompt=False)
         assert continued == fmt.render_prompt(system=None, question="Q", num_audio=1, prefill=mode)
     assert assistant_prefills(get_format("qwen2_audio")) == {"think": "", "off": ""}
     assert assistant_prefills(get_format("whisper")) == {"off": ""}

@@ -7,8 +7,6 @@ handle, over HTTP, streamed, or from the batch job's `openai` engine over HTTP."
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 import signal
 import time
@@ -16,15 +14,14 @@ import time
 import httpx
 import numpy as np
 import pytest
-import soundfile as sf
 
+from deployments.openai.convert import wav_base64
 from pipeline.config import SamplingConfig, load_config
 from pipeline.requests import GenerationRequest
-from tests.conftest import ROOT, SAMPLES, cmdline, serve_http_url
+from tests.conftest import ROOT, SAMPLES, cmdline, serve_http_url, tone
 
 APP = "test-openai-vllm"
 MODEL = "tiny-qwen2-audio"
-SR = 16000
 TIMEOUT_S = 120
 
 
@@ -54,17 +51,8 @@ def client(vllm_app):
     return OpenAI(base_url=f"{vllm_app[1]}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT_S)
 
 
-def tone(seconds: float, freq: float = 220.0, seed: int = 0) -> np.ndarray:
-    t = np.arange(int(round(seconds * SR))) / SR
-    noise = np.random.default_rng(seed).standard_normal(len(t)) * 0.01
-    return (0.1 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
-
-
 def wav_part(audio: np.ndarray) -> dict:
-    buffer = io.BytesIO()
-    sf.write(buffer, audio, SR, format="WAV", subtype="FLOAT")
-    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(buffer.getvalue()).decode(),
-                                                   "format": "wav"}}
+    return {"type": "input_audio", "input_audio": {"data": wav_base64(audio), "format": "wav"}}
 
 
 def by_handle(vllm_app, audio, question, *, system=None, prefill="think", **sampling):

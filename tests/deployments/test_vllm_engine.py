@@ -17,19 +17,12 @@ import pytest
 from deployments.formats import get_format
 from pipeline.config import SamplingConfig, load_config
 from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
-from tests.conftest import ROOT, cmdline
+from tests.conftest import ROOT, cmdline, tone
 
 QWEN = get_format("qwen2_audio")
 SR = 16000
 MAX_MODEL_LEN = 1024  # configs/tiny-vllm.yaml
 TIMEOUT_S = 120
-
-
-def tone(seconds: float, freq: float = 220.0, seed: int = 0) -> np.ndarray:
-    """A quiet tone plus noise: something for the encoder to chew on, different per seed."""
-    t = np.arange(int(round(seconds * SR))) / SR
-    noise = np.random.default_rng(seed).standard_normal(len(t)) * 0.01
-    return (0.1 * np.sin(2 * np.pi * freq * t) + noise).astype(np.float32)
 
 
 def request(audio, question="What is said?", *, system=None, prefill="think", **sampling) -> GenerationRequest:

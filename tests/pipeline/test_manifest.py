@@ -1,7 +1,6 @@
 """Manifests: JSONL, CSV and Parquet tables naming the audio, with ids, tasks, questions and metadata."""
 
 import json
-import shutil
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -12,7 +11,7 @@ from pipeline.config import load_config
 from pipeline.manifest import read_manifest
 from pipeline.run import run
 from pipeline.sources import SourceError
-from tests.conftest import SAMPLES
+from tests.conftest import samples_in
 
 TASKS = ("tasks=[{name: transcribe, question: Please transcribe the audio.}, "
          "{name: summary, question: Summarize the audio.}]")
@@ -20,11 +19,7 @@ TASKS = ("tasks=[{name: transcribe, question: Please transcribe the audio.}, "
 
 @pytest.fixture()
 def audio_dir(tmp_path):
-    folder = tmp_path / "data" / "clips"
-    folder.mkdir(parents=True)
-    for name in ("greeting.wav", "meeting.mp3", "story.ogg"):
-        shutil.copy(SAMPLES / name, folder / name)
-    return folder
+    return samples_in(tmp_path / "data" / "clips", "greeting.wav", "meeting.mp3", "story.ogg")
 
 
 def test_jsonl_manifest_through_the_pipeline(whisper_app, audio_dir, tmp_path):

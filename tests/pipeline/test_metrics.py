@@ -1,7 +1,6 @@
 """Metrics reach Prometheus through Ray's metrics endpoint: the pipeline's, recorded by the inference actors
 from the rows they made, and a replica's, per replica."""
 
-import shutil
 import time
 import urllib.request
 
@@ -11,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.config import load_config
 from pipeline.run import run
-from tests.conftest import SAMPLES
+from tests.conftest import samples_in
 
 
 def scrape() -> dict[str, list]:
@@ -44,9 +43,7 @@ def wait_for(condition, timeout_s: float = 90.0):
 
 def test_pipeline_metrics_count_what_the_run_wrote(whisper_app, tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
-    inputs.mkdir()
-    for name in ("greeting.wav", "lecture.wav", "story.ogg"):
-        shutil.copy(SAMPLES / name, inputs / name)
+    samples_in(inputs, "greeting.wav", "lecture.wav", "story.ogg")
     (inputs / "broken.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
     # A task name of its own, so other tests' runs in this session do not add to the series looked at.
     # One request per call, one call at a time: the inference actor lives a few seconds. Ray exports a

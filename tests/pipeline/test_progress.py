@@ -14,7 +14,7 @@ import pipeline.progress
 from jobs.transcribe import main
 from pipeline.progress import Progress, ProgressCounter, Snapshot, segment_reports
 from pipeline.rows import OUTPUT_SCHEMA, SEGMENT_SCHEMA
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, samples_in
 
 FINAL = re.compile(r"progress: done: (\d+)/(\d+) files \(100%\), (\d+) errors(?: \(([^)]*)\))?, ([\d.]+) audio h, "
                    r"([\d.]+) audio h/h, (\d+) of (\d+) known segments, (\d+) rows in [\d:]+$")
@@ -105,9 +105,7 @@ def test_the_job_shows_progress_that_matches_the_output_and_quiet_hides_it(whisp
                                                                          monkeypatch):
     monkeypatch.setattr(pipeline.progress, "LOG_INTERVAL_S", 2.0)
     inputs, out = tmp_path / "in", tmp_path / "out"
-    inputs.mkdir()
-    for name in ("greeting.wav", "lecture.wav", "story.ogg"):
-        shutil.copy(SAMPLES / name, inputs / name)
+    samples_in(inputs, "greeting.wav", "lecture.wav", "story.ogg")
     (inputs / "broken.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
     where = ["--set", f"input.uri={inputs}", "--set", f"output.uri={out}", "--set", whisper_app[0],
              "--set", whisper_app[1]]

@@ -5,7 +5,6 @@ import base64
 import io
 import json
 import re
-import shutil
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -19,7 +18,7 @@ from pipeline.config import load_config
 from pipeline.report import DATA_COLOR, REPORTS, build, main
 from pipeline.rows import OUTPUT_SCHEMA
 from pipeline.run import run
-from tests.conftest import SAMPLES
+from tests.conftest import samples_in
 
 PRICE = 2.5
 
@@ -27,8 +26,7 @@ PRICE = 2.5
 @pytest.fixture(scope="module")
 def finished(whisper_app, tmp_path_factory):
     inputs, out = tmp_path_factory.mktemp("in"), tmp_path_factory.mktemp("out")
-    for name in ("greeting.wav", "lecture.wav", "story.ogg", "weather.flac"):
-        shutil.copy(SAMPLES / name, inputs / name)
+    samples_in(inputs, "greeting.wav", "lecture.wav", "story.ogg", "weather.flac")
     (inputs / "corrupt.wav").write_bytes(np.random.default_rng(0).bytes(5000))
     # The app is reused as it runs (no GPU); the report trusts the config's GPUs per replica for its cost.
     config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app,
@@ -114,28 +112,15 @@ def test_rebuilt_from_the_output_it_says_the_same(finished, tmp_path):
     assert pads.dataset(str(out)).to_table().num_rows == summary.rows  # the reports are not read as data
 
 
-def test_rebuilt_from_s3(finished, tmp_path, monkeypatch):
-    import boto3
-    from moto.server import ThreadedMotoServer
-
+def test_rebuilt_from_s3(finished, s3, tmp_path):
     summary, _, out, report, _ = finished
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
-        client = boto3.client("s3", endpoint_url=url)
-        client.create_bucket(Bucket="answers")
-        for path in out.rglob("*"):
-            if path.is_file():
-                client.put_object(Bucket="answers", Key=f"out/{path.relative_to(out)}", Body=path.read_bytes())
-        assert main(["s3://answers/out", "--run-id", summary.run_id, "--set", f"storage.endpoint_url={url}",
-                     "--out", str(tmp_path)]) == 0
-    finally:
-        server.stop()
+    url, client = s3
+    client.create_bucket(Bucket="answers")
+    for path in out.rglob("*"):
+        if path.is_file():
+            client.put_object(Bucket="answers", Key=f"out/{path.relative_to(out)}", Body=path.read_bytes())
+    assert main(["s3://answers/out", "--run-id", summary.run_id, "--set", f"storage.endpoint_url={url}",
+                 "--out", str(tmp_path)]) == 0
     again = json.loads((tmp_path / "report.json").read_text())
     for key in ("counts", "audio", "wall_s", "latency_s", "answer_chars", "errors", "cost", "tokens"):
         assert again[key] == report[key], key

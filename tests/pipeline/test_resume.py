@@ -87,11 +87,10 @@ def test_retry_failed_replaces_retryable_rows(ray_cluster, whisper_app, tmp_path
     copy_samples(inputs, names={"greeting.wav", "meeting.mp3"})
     (inputs / "bad.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
     impatient = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", "deployment.app_name=test-impatient",
-                                   "deployment.request_timeout_s=0.001"])
+                                   "deployment.request_timeout_s=0.001", "deployment.reuse_running=true"])
     serve.run(application(impatient), name="test-impatient", route_prefix=None)
     try:
-        run(impatient.model_copy(update={"deployment": impatient.deployment.model_copy(
-            update={"reuse_running": True})}))
+        run(impatient)
     finally:
         serve.delete("test-impatient")
     timed_out = [r for r in rows(out) if r["error_class"] == "RequestTimeout"]

@@ -7,9 +7,7 @@ import subprocess
 import sys
 import threading
 
-import boto3
 import pyarrow.dataset as pads
-import pytest
 import s3fs
 
 from pipeline.config import load_config
@@ -19,19 +17,6 @@ from pipeline.sources import list_audio
 from tests.conftest import ROOT, SAMPLES
 
 SECRET = os.environ["AWS_SECRET_ACCESS_KEY"]
-
-
-@pytest.fixture(scope="module")
-def s3():
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    client = boto3.client("s3", endpoint_url=url)
-    yield url, client
-    server.stop()
 
 
 def bucket(client, name: str) -> str:
