@@ -46,12 +46,12 @@ RUN python3 -m pip list --format=freeze \
 
 RUN python3 -m pip install -c /opt/base-constraints.txt "ray[serve,data]==${RAY_VERSION}"
 
-# The project: the packages (pipeline, deployments) into site-packages, and the repository at /app so that the
+# The project: the packages (contract, pipeline, deployments) into site-packages, and the repository at /app so that the
 # manifests' relative paths (jobs/transcribe.py, configs/...) resolve from the containers' workingDir.
 WORKDIR /app
 COPY . /app
 RUN python3 -m pip install -c /opt/base-constraints.txt . \
-    && python3 -c "import importlib.metadata as m, sys, ray, pipeline.config, deployments.app; \
+    && python3 -c "import importlib.metadata as m, sys, ray, contract.config, deployments.app; \
 assert ray.__version__ == '${RAY_VERSION}', ray.__version__; \
 print('python', sys.version.split()[0], '| ray', ray.__version__, '| vllm', m.version('vllm'), \
 '| torch', m.version('torch'))"

@@ -1,4 +1,4 @@
-"""Decode speed (issue 8): `pipeline.audio.decode` vs `librosa.load(sr=16000, mono=True)` on one core.
+"""Decode speed (issue 8): `contract.audio.decode` vs `librosa.load(sr=16000, mono=True)` on one core.
 
 What it measures: audio seconds decoded to 16 kHz mono float32 per CPU second, for the same files, in the
 same run, interleaved (ours, librosa, ffmpeg CLI for each file, repeated; the median CPU time per file and
@@ -99,7 +99,7 @@ def children_cpu() -> float:
 
 
 def decode_ours(path: Path):
-    from pipeline.audio import decode
+    from contract.audio import decode
 
     return decode(path.read_bytes())
 
@@ -129,7 +129,7 @@ def main() -> None:
     import numpy as np
     import soundfile
 
-    from pipeline import audio as ours_mod
+    from contract import audio as ours_mod
 
     print(f"librosa {librosa.__version__} (soundfile {soundfile.__version__}, libsndfile "
           f"{soundfile.__libsndfile_version__}), numpy {np.__version__}; {pinned}; {REPEATS} repeats, median")

@@ -8,7 +8,7 @@ max_tokens 32, seed 0), with the tiny random-weight Qwen2-Audio model built by `
 - direct: an `AsyncLLM` built in a child process from the config's `engine.engine_kwargs` and `engine.env`
   (the settings the Serve replica uses), warmed up with one request, then all 96 requests submitted at once
   (`asyncio.gather`), with the prompts and sampling parameters this project's vLLM engine builds
-  (`deployments.formats.qwen2_audio` prompt, stop `<|im_end|>`, FINAL_ONLY output). Audio is decoded before
+  (`contract.formats.qwen2_audio` prompt, stop `<|im_end|>`, FINAL_ONLY output). Audio is decoded before
   the clock starts.
 - pipeline: the Serve app of configs/tiny-vllm.yaml started first (`serve.run(application(config))`) and
   warmed with one request, then `run(config)` with `deployment.reuse_running=true` over the 48 files
@@ -61,7 +61,7 @@ def make_files(folder: Path, items: int) -> None:
     import numpy as np
 
     from _common import wav_16k
-    from pipeline.audio import decode
+    from contract.audio import decode
 
     folder.mkdir(parents=True)
     clips = sorted(p for p in (ROOT / "samples" / "audio").iterdir() if p.is_file())
@@ -81,7 +81,7 @@ def make_files(folder: Path, items: int) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 def direct_child(inputs: str) -> None:
-    from pipeline.config import load_config
+    from contract.config import load_config
 
     config = load_config(CONFIG, [f"input.uri={inputs}"])
     os.environ.update(config.engine.env)
@@ -91,8 +91,8 @@ def direct_child(inputs: str) -> None:
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from deployments.formats import get_format
-    from pipeline.audio import decode
+    from contract.formats import get_format
+    from contract.audio import decode
 
     fmt = get_format(config.engine.family)
     audio = [decode(p.read_bytes()) for p in sorted(Path(inputs).iterdir())]
@@ -229,8 +229,8 @@ def main(items: int) -> None:
         from ray import serve
 
         from deployments.app import application
-        from pipeline.config import load_config
-        from pipeline.requests import GenerationRequest
+        from contract.config import load_config
+        from contract.messages import GenerationRequest
         from pipeline.run import run
 
         config = load_config(CONFIG, [f"input.uri={inputs}", f"output.uri={tmp / 'out'}",

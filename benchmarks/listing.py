@@ -34,7 +34,7 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
 
     from pipeline.answered import Answered
-    from pipeline.config import TaskConfig
+    from contract.config import TaskConfig
     from pipeline.plan import remove_plan, write_plan
     from pipeline.sources import list_audio
 

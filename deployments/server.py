@@ -15,8 +15,8 @@ from ray import serve
 from deployments.engines import create_engine
 from deployments.engines.base import RequestFailed, RequestRejected, StreamDelta
 from deployments.metrics import ReplicaMetrics
-from pipeline.config import EngineConfig, HTTPConfig
-from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
+from contract.config import EngineConfig, HTTPConfig
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 
 # What a request can end in without the engine being in trouble: each becomes a failed result, not an exception.
 UNANSWERABLE = (RequestRejected, RequestFailed, asyncio.TimeoutError)

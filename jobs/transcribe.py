@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from pipeline.config import ConfigError, load_config  # noqa: E402
+from contract.config import ConfigError, load_config  # noqa: E402
 from pipeline.sources import SourceError  # noqa: E402
 
 

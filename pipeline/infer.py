@@ -20,10 +20,10 @@ import pyarrow as pa
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from pipeline.answered import digest
-from pipeline.config import TaskConfig, asks
+from contract.config import TaskConfig, asks
 from pipeline.metrics import PipelineMetrics
 from pipeline.progress import segment_reports
-from pipeline.requests import GenerationRequest, GenerationResult
+from contract.messages import GenerationRequest, GenerationResult
 from pipeline.rows import OUTPUT_SCHEMA, table
 
 logger = logging.getLogger(__name__)

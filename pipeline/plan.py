@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.answered import Answered
-from pipeline.config import TaskConfig, asks
+from contract.config import TaskConfig, asks
 from pipeline.sink import PLANS
 from pipeline.sources import SourceFile
 from pipeline.storage import full_uri, open_fs

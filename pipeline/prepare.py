@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.audio import SAMPLE_RATE, DecodeError, decode_with_info
+from contract.audio import SAMPLE_RATE, DecodeError, decode_with_info
 from pipeline.rows import SEGMENT_SCHEMA, error_fields, table
-from pipeline.segment import segment
+from contract.segment import segment
 from pipeline.storage import open_fs
 
 

@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, as for jobs/transcribe.py")
     args = parser.parse_args(argv)
-    from pipeline.config import ConfigError, load_config
+    from contract.config import ConfigError, load_config
 
     try:
         storage = load_config(args.config, args.overrides).storage.model_dump()

@@ -64,7 +64,7 @@ def whisper_app(ray_cluster):
     from ray import serve
 
     from deployments.app import application
-    from pipeline.config import load_config
+    from contract.config import load_config
 
     name = "test-whisper"
     serve.run(application(load_config(None, [f"deployment.app_name={name}"])), name=name, route_prefix=None)

@@ -25,7 +25,7 @@ VOCAB_SIZE = 1024
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"]
 
 # Qwen2-Audio-Instruct's chat template, reduced to what tests need: audio parts render as
-# "Audio i: <|audio_bos|><|AUDIO|><|audio_eos|>\n", the same text deployments/formats/qwen2_audio.py writes.
+# "Audio i: <|audio_bos|><|AUDIO|><|audio_eos|>\n", the same text contract/formats/qwen2_audio.py writes.
 CHAT_TEMPLATE = (
     "{% set audio_count = namespace(value=0) %}"
     "{% for message in messages %}"

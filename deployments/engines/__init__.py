@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from deployments.engines.base import Engine
-from pipeline.config import EngineConfig
+from contract.config import EngineConfig
 
 _MODULES = {"whisper": "deployments.engines.whisper", "vllm": "deployments.engines.vllm",
             "openai": "deployments.engines.openai"}

@@ -6,10 +6,10 @@ import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from deployments.formats import ModelFormat
-from pipeline.audio import SAMPLE_RATE
-from pipeline.config import EngineConfig
-from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
+from contract.formats import ModelFormat
+from contract.audio import SAMPLE_RATE
+from contract.config import EngineConfig
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 
 
 class RequestRejected(Exception):

@@ -28,10 +28,10 @@ from typing import Any
 
 from deployments.engines.base import (Engine, RequestFailed, RequestRejected,
                                       check_item_length, checked_prefill)
-from deployments.formats import get_format
+from contract.formats import get_format
 from deployments.openai.convert import assistant_prefills, wav_base64
-from pipeline.config import EngineConfig
-from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
+from contract.config import EngineConfig
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 
 logger = logging.getLogger("ray.serve")
 

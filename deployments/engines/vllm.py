@@ -28,10 +28,10 @@ import numpy as np
 
 from deployments.engines.base import (Engine, RequestRejected, StreamDelta,
                                       check_item_length, checked_prefill)
-from deployments.formats import get_format
-from pipeline.audio import SAMPLE_RATE
-from pipeline.config import EngineConfig
-from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
+from contract.formats import get_format
+from contract.audio import SAMPLE_RATE
+from contract.config import EngineConfig
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 
 logger = logging.getLogger("ray.serve")
 

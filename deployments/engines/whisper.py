@@ -10,9 +10,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from deployments.engines.base import Engine, RequestRejected
-from deployments.formats import get_format
-from pipeline.config import EngineConfig
-from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
+from contract.formats import get_format
+from contract.config import EngineConfig
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 
 # Greedy, deterministic, one window at a time: items arrive already cut to at most 30 s.
 DEFAULT_TRANSCRIBE = {"beam_size": 1, "language": "en", "condition_on_previous_text": False,

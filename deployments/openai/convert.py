@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from deployments.formats import ModelFormat
+from contract.formats import ModelFormat
 from deployments.openai.protocol import APIError, ChatCompletionRequest, ChatMessage
-from pipeline.audio import SAMPLE_RATE, DecodeError, decode_with_info
-from pipeline.config import HTTPConfig, SamplingConfig
-from pipeline.requests import GenerationRequest, GenerationResult
+from contract.audio import SAMPLE_RATE, DecodeError, decode_with_info
+from contract.config import HTTPConfig, SamplingConfig
+from contract.messages import GenerationRequest, GenerationResult
 
 logger = logging.getLogger("ray.serve")
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
-from pipeline.requests import GenerationResult
+from contract.messages import GenerationResult
 
 
 class APIError(Exception):

@@ -27,12 +27,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.engines.base import StreamDelta
-from deployments.formats import get_format
+from contract.formats import get_format
 from deployments.openai import protocol
 from deployments.openai.convert import StreamSplitter, to_generation_request
 from deployments.openai.protocol import APIError
-from pipeline.config import HTTPConfig
-from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
+from contract.config import HTTPConfig
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 
 logger = logging.getLogger("ray.serve")
 

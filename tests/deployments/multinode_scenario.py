@@ -179,7 +179,7 @@ def main(input_dir: str, output_dir: str) -> dict:
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from pipeline.config import TaskConfig, load_config
+    from contract.config import TaskConfig, load_config
     from pipeline.run import run
 
     timings: dict[str, float] = {}

@@ -7,12 +7,12 @@ import base64
 
 import pytest
 
-from deployments.formats import get_format
+from contract.formats import get_format
 from deployments.openai.convert import StreamSplitter, assistant_prefills, to_generation_request, wav_base64
 from deployments.openai.protocol import APIError, parse_request
-from pipeline.audio import decode
-from pipeline.config import HTTPConfig
-from pipeline.requests import GenerationResult
+from contract.audio import decode
+from contract.config import HTTPConfig
+from contract.messages import GenerationResult
 from tests.conftest import SAMPLES
 
 R1 = get_format("step_audio_r1")

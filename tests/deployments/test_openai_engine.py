@@ -17,11 +17,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from deployments.engines.base import RequestFailed, RequestRejected
-from deployments.formats import get_format
+from contract.formats import get_format
 from deployments.openai.convert import assistant_prefills
-from pipeline.audio import decode
-from pipeline.config import EngineConfig, SamplingConfig
-from pipeline.requests import GenerationRequest
+from contract.audio import decode
+from contract.config import EngineConfig, SamplingConfig
+from contract.messages import GenerationRequest
 from tests.conftest import free_port, official_step_audio_r1
 
 KEY = "sk-test-key"

@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deployments.engines.base import StreamDelta
-from deployments.formats import get_format
+from contract.formats import get_format
 from deployments.openai.routes import build_app
-from pipeline.config import HTTPConfig
-from pipeline.requests import GenerationResult, ModelInfo
+from contract.config import HTTPConfig
+from contract.messages import GenerationResult, ModelInfo
 
 R1 = get_format("step_audio_r1")
 TEXT = " the caller says hello and asks for help.\n</think>\n\nTRANSCRIPTION: Hello, can you help me?<|EOT|>"

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from deployments.openai.convert import wav_base64
-from pipeline.config import SamplingConfig, load_config
-from pipeline.requests import GenerationRequest
+from contract.config import SamplingConfig, load_config
+from contract.messages import GenerationRequest
 from tests.conftest import ROOT, SAMPLES, cmdline, serve_http_url, tone
 
 APP = "test-openai-vllm"

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio import decode
-from pipeline.config import load_config
-from pipeline.requests import GenerationRequest
+from contract.audio import decode
+from contract.config import load_config
+from contract.messages import GenerationRequest
 from tests.conftest import SAMPLES, serve_http_url, word_error_rate
 
 APP = "test-openai-whisper"

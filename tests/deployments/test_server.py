@@ -5,9 +5,9 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.audio import decode
-from pipeline.config import load_config
-from pipeline.requests import GenerationRequest
+from contract.audio import decode
+from contract.config import load_config
+from contract.messages import GenerationRequest
 from tests.conftest import SAMPLES
 
 

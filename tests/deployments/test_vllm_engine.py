@@ -14,9 +14,9 @@ import uuid
 import numpy as np
 import pytest
 
-from deployments.formats import get_format
-from pipeline.config import SamplingConfig, load_config
-from pipeline.requests import GenerationRequest, GenerationResult, ModelInfo
+from contract.formats import get_format
+from contract.config import SamplingConfig, load_config
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 from tests.conftest import ROOT, cmdline, tone
 
 QWEN = get_format("qwen2_audio")

@@ -11,7 +11,7 @@ Every check returns a list of problems (empty: good), each naming the document a
   reference, whose pod templates are the CRDs' own PodTemplateSpec schema.
 * `semantic_problems(doc)`: rules the KubeRay operator applies at run time, and how the manifest fits this
   project: the config named by the entrypoint or the Serve args exists and validates with
-  `pipeline.config.load_config` (with the manifest's environment), GPUs per GPU pod = the config's tensor
+  `contract.config.load_config` (with the manifest's environment), GPUs per GPU pod = the config's tensor
   parallel size, a head that takes no work, pinned images whose Ray version is `rayVersion`, credentials only
   from `secretKeyRef`, the model path on a mounted volume. A ConfigMap that carries a manifest is checked too.
 * `file_problems(docs)`: what ties the documents of one file together (the CronJob's ServiceAccount, RBAC and
@@ -486,8 +486,8 @@ def leftover_variables(node: Any) -> set[str]:
 
 def load_use(use: ConfigUse, env: dict[str, str]):
     """(Config or None, problems) for a config used by the cluster, loaded with the pods' environment."""
-    import deployments.formats  # noqa: F401  (imported by config validation; import it with the real env)
-    from pipeline.config import ConfigError, load_config
+    import contract.formats  # noqa: F401  (imported by config validation; import it with the real env)
+    from contract.config import ConfigError, load_config
 
     path = ROOT / use.path
     if Path(use.path).is_absolute() or not path.is_file():

@@ -11,8 +11,8 @@ import pyarrow.dataset as pads
 import pytest
 import soundfile as sf
 
-from pipeline.audio import decode
-from pipeline.config import load_config
+from contract.audio import decode
+from contract.config import load_config
 from pipeline.run import run
 from tests.conftest import SAMPLES
 

@@ -14,7 +14,7 @@ from ray.exceptions import ActorDiedError
 import pipeline.infer
 from pipeline.answered import digest
 from pipeline.infer import Infer
-from pipeline.requests import GenerationResult
+from contract.messages import GenerationResult
 from pipeline.rows import SEGMENT_SCHEMA
 
 

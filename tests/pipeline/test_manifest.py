@@ -7,7 +7,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import load_config
+from contract.config import load_config
 from pipeline.manifest import read_manifest
 from pipeline.run import run
 from pipeline.sources import SourceError

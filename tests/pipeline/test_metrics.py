@@ -8,7 +8,7 @@ import pyarrow.dataset as pads
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.config import load_config
+from contract.config import load_config
 from pipeline.run import run
 from tests.conftest import samples_in
 
@@ -89,7 +89,7 @@ def test_replica_metrics_are_per_replica(ray_cluster):
     from ray import serve
 
     from deployments.metrics import ReplicaMetrics
-    from pipeline.requests import GenerationResult
+    from contract.messages import GenerationResult
 
     @serve.deployment(name="Probe", ray_actor_options={"num_cpus": 0})
     class Probe:
@@ -150,7 +150,7 @@ def test_a_streamed_answer_counts_once_with_its_outcome():
 
     from deployments.engines.base import StreamDelta
     from deployments.metrics import ReplicaMetrics
-    from pipeline.requests import GenerationResult
+    from contract.messages import GenerationResult
 
     metrics = ReplicaMetrics("m")
     for name in ("in_flight", "requests", "latency", "prompt_tokens", "completion_tokens"):

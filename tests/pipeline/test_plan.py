@@ -5,7 +5,7 @@ import pytest
 
 from pipeline import plan as plan_module
 from pipeline.answered import Answered, digest
-from pipeline.config import TaskConfig
+from contract.config import TaskConfig
 from pipeline.plan import remove_plan, write_plan
 from pipeline.sources import SourceFile
 

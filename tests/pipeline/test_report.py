@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.config import load_config
+from contract.config import load_config
 from pipeline.report import DATA_COLOR, REPORTS, build, main
 from pipeline.rows import OUTPUT_SCHEMA
 from pipeline.run import run

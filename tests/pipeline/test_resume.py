@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow.dataset as pads
 
-from pipeline.config import load_config
+from contract.config import load_config
 from pipeline.run import run
 from tests.conftest import ROOT, SAMPLES
 

@@ -8,7 +8,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from pipeline import plan
-from pipeline.config import TaskConfig, load_config
+from contract.config import TaskConfig, load_config
 from pipeline.rows import OUTPUT_SCHEMA
 from pipeline.run import run
 from tests.conftest import SAMPLES, word_error_rate

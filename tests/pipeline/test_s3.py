@@ -10,7 +10,7 @@ import threading
 import pyarrow.dataset as pads
 import s3fs
 
-from pipeline.config import load_config
+from contract.config import load_config
 from pipeline.prepare import prepare_file
 from pipeline.run import run
 from pipeline.sources import list_audio

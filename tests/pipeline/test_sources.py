@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from pipeline.config import AUDIO_EXTENSIONS
+from contract.config import AUDIO_EXTENSIONS
 from pipeline.sources import SourceError, list_audio
 
 

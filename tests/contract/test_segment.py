@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.segment import segment
+from contract.segment import segment
 
 SR = 16000
 

@@ -1,4 +1,4 @@
-"""Tests for pipeline.audio: decoding any audio bytes to mono float32 at 16 kHz.
+"""Tests for contract.audio: decoding any audio bytes to mono float32 at 16 kHz.
 
 Everything but the committed samples (samples/audio) is generated here with
 numpy + soundfile (PCM/FLAC/AIFF/Vorbis) or PyAV (mp3, opus, aac, video).
@@ -20,7 +20,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from pipeline.audio import (
+from contract.audio import (
     SAMPLE_RATE,
     DecodeError,
     decode,
@@ -551,7 +551,7 @@ def test_max_duration_bounds_memory():
 def test_decoder_routing():
     """Plain PCM WAV takes the numpy path, other WAVs go to a decoder, and
     formats FFmpeg cannot open fall back to libsndfile."""
-    from pipeline import audio
+    from contract import audio
 
     x = tone(22050, 0.5)
     for subtype in ("PCM_U8", "PCM_16", "PCM_32", "FLOAT", "DOUBLE"):
@@ -572,7 +572,7 @@ def test_duration_s():
 
 def test_import_is_light():
     code = (
-        "import sys, pipeline.audio\n"
+        "import sys, contract.audio\n"
         "heavy = [m for m in ('ray', 'torch', 'av', 'librosa') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

@@ -1,4 +1,4 @@
-"""deployments.formats: prompts byte-identical to the official template, output splitting,
+"""contract.formats: prompts byte-identical to the official template, output splitting,
 audio token counts, and no engine imports."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.formats import (
+from contract.formats import (
     FAMILIES,
     ModelFormat,
     ParsedOutput,
@@ -160,7 +160,7 @@ def test_unknown_family():
 
 def test_import_pulls_no_engine():
     code = (
-        "import sys, deployments.formats\n"
+        "import sys, contract.formats\n"
         "bad = [m for m in ('vllm', 'torch', 'ray', 'faster_whisper', 'transformers') if m in sys.modules]\n"
         "print(bad)\n"
         "assert not bad, bad\n"

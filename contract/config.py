@@ -152,8 +152,8 @@ class EngineConfig(Base):
 
     @model_validator(mode="after")
     def _family_known(self) -> EngineConfig:
-        # Imported here: deployments.formats is light (no engine), but config must load without it first.
-        from deployments.formats import FAMILIES
+        # Imported here: contract.formats is light (no engine), but config must load without it first.
+        from contract.formats import FAMILIES
 
         if self.family not in FAMILIES:
             raise ValueError(f"family {self.family!r} is not one of {', '.join(FAMILIES)}")

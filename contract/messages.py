@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.config import SamplingConfig
+from contract.config import SamplingConfig
 
 
 @dataclass

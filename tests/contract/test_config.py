@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from contract.config import ConfigError, load_config
 from tests.conftest import ROOT
 
 
