@@ -91,8 +91,8 @@ def direct_child(inputs: str) -> None:
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from contract.formats import get_format
     from contract.audio import decode
+    from contract.formats import get_format
 
     fmt = get_format(config.engine.family)
     audio = [decode(p.read_bytes()) for p in sorted(Path(inputs).iterdir())]
@@ -228,9 +228,9 @@ def main(items: int) -> None:
         import ray
         from ray import serve
 
-        from deployments.app import application
         from contract.config import load_config
         from contract.messages import GenerationRequest
+        from deployments.app import application
         from pipeline.run import run
 
         config = load_config(CONFIG, [f"input.uri={inputs}", f"output.uri={tmp / 'out'}",

@@ -33,8 +33,8 @@ def main() -> None:
     from moto.s3.models import s3_backends
     from moto.server import ThreadedMotoServer
 
-    from pipeline.answered import Answered
     from contract.config import TaskConfig
+    from pipeline.answered import Answered
     from pipeline.plan import remove_plan, write_plan
     from pipeline.sources import list_audio
 

@@ -102,9 +102,9 @@ def main() -> None:
         import numpy as np
         from faster_whisper import WhisperModel
 
-        from deployments.engines.whisper import DEFAULT_TRANSCRIBE
-        from contract.formats import get_format
         from contract.config import load_config
+        from contract.formats import get_format
+        from deployments.engines.whisper import DEFAULT_TRANSCRIBE
 
         config = load_config(None, [f"input.uri={inputs}", f"output.uri={tmp / 'out'}"])
         kwargs = dict(config.engine.engine_kwargs)
@@ -129,8 +129,8 @@ def main() -> None:
         from ray import serve
 
         import pipeline.run as prun
-        from deployments.app import application
         from contract.messages import GenerationRequest
+        from deployments.app import application
 
         # --- cold: Ray start + run(config), as the job does it -------------------------------------------
         cold = Timers({})

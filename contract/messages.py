@@ -12,6 +12,10 @@ import numpy as np
 
 from contract.config import SamplingConfig
 
+# Seconds: from a short Whisper item on a GPU to a long reasoning chain on a busy engine. The pipeline's and
+# the replicas' latency histograms share these buckets, so the two line up.
+LATENCY_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800]
+
 
 @dataclass
 class GenerationRequest:

@@ -13,8 +13,8 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from deployments.server import EngineServer
 from contract.config import Config, load_config
+from deployments.server import EngineServer
 
 DEPLOYMENT_NAME = "EngineServer"
 

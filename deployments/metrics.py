@@ -24,8 +24,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
 
-from pipeline.metrics import LATENCY_BOUNDARIES  # the pipeline's buckets, so the two latency histograms line up
-from contract.messages import GenerationResult
+from contract.messages import LATENCY_BOUNDARIES, GenerationResult
 
 
 class ReplicaMetrics:

@@ -12,11 +12,11 @@ from typing import Any
 
 from ray import serve
 
+from contract.config import EngineConfig, HTTPConfig
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 from deployments.engines import create_engine
 from deployments.engines.base import RequestFailed, RequestRejected, StreamDelta
 from deployments.metrics import ReplicaMetrics
-from contract.config import EngineConfig, HTTPConfig
-from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 
 # What a request can end in without the engine being in trouble: each becomes a failed result, not an exception.
 UNANSWERABLE = (RequestRejected, RequestFailed, asyncio.TimeoutError)

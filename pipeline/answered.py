@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pyarrow.parquet as pq
 
-from pipeline.sink import commit_table
+from pipeline.staging import commit_table
 from pipeline.storage import open_fs
 
 logger = logging.getLogger(__name__)

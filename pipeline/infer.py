@@ -19,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
-from pipeline.answered import digest
 from contract.config import TaskConfig, asks
+from contract.messages import GenerationRequest, GenerationResult
+from pipeline.answered import digest
 from pipeline.metrics import PipelineMetrics
 from pipeline.progress import segment_reports
-from contract.messages import GenerationRequest, GenerationResult
 from pipeline.rows import OUTPUT_SCHEMA, table
 
 logger = logging.getLogger(__name__)

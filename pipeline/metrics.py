@@ -33,8 +33,7 @@ from contextlib import contextmanager
 
 import pyarrow as pa
 
-# Seconds: from a short Whisper item on a GPU to a long reasoning chain on a busy engine.
-LATENCY_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800]
+from contract.messages import LATENCY_BOUNDARIES
 
 
 def reasoning_tokens(completion_tokens: int | None, reasoning: str | None, answer: str | None) -> float:

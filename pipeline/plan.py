@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.answered import Answered
 from contract.config import TaskConfig, asks
-from pipeline.sink import PLANS
+from pipeline.answered import Answered
+from pipeline.staging import PLANS
 from pipeline.sources import SourceFile
 from pipeline.storage import full_uri, open_fs
 

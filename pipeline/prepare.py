@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 
 from contract.audio import SAMPLE_RATE, DecodeError, decode_with_info
-from pipeline.rows import SEGMENT_SCHEMA, error_fields, table
 from contract.segment import segment
+from pipeline.rows import SEGMENT_SCHEMA, error_fields, table
 from pipeline.storage import open_fs
 
 

@@ -20,17 +20,18 @@ import pyarrow.dataset as pads
 import ray
 from ray import serve
 
+from contract.config import Config, ConfigError
+from contract.messages import ModelInfo
 from deployments.app import DEPLOYMENT_NAME, application
 from pipeline.answered import Answered, output_files, scan
-from contract.config import Config, ConfigError
 from pipeline.infer import Infer
 from pipeline.manifest import read_manifest
 from pipeline.plan import Plan, remove_plan, write_plan
 from pipeline.prepare import prepare_batch
 from pipeline.progress import Progress
 from pipeline.report import report_run, run_facts
-from contract.messages import ModelInfo
-from pipeline.sink import ParquetSink, remove_leftovers
+from pipeline.sink import ParquetSink
+from pipeline.staging import remove_leftovers
 from pipeline.sources import SourceFile, list_audio
 from pipeline.storage import open_fs
 

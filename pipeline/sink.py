@@ -1,49 +1,21 @@
 """Writing output files so that a reader never sees half of one and a retried write adds nothing.
 
-Each write task commits one Parquet file: written under `_tmp/` (ignored by readers: pyarrow skips names
-starting with `_` or `.`) and then moved into place. File names are fixed by the run and the write task's
+Each write task commits one Parquet file (pipeline.staging). File names are fixed by the run and the write task's
 index, so a write task that Ray retries replaces its own file instead of adding a second copy of its rows.
 """
 
 from __future__ import annotations
 
-import posixpath
-import uuid
 from collections.abc import Iterable
 from datetime import datetime, timezone
 
-import fsspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
 from pipeline.rows import OUTPUT_SCHEMA
+from pipeline.staging import commit_table
 from pipeline.storage import open_fs
-
-STAGING = "_tmp"  # readers skip names starting with "_"
-PLANS = "_plans"
-
-
-def commit_table(fs: fsspec.AbstractFileSystem, root: str, table: pa.Table, relpath: str) -> str:
-    """Write `table` to `root/relpath` all at once (staged, then moved); returns the final path."""
-    staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}.parquet")
-    final = posixpath.join(root, relpath)
-    fs.makedirs(posixpath.dirname(staged), exist_ok=True)
-    fs.makedirs(posixpath.dirname(final), exist_ok=True)
-    with fs.open(staged, "wb") as f:
-        pq.write_table(table, f, compression="zstd")
-    fs.mv(staged, final)
-    return final
-
-
-def remove_leftovers(uri: str, storage: dict | None = None) -> None:
-    """Staged files and plans a killed run left behind; never read, only taking space."""
-    fs, root = open_fs(uri, storage)
-    for folder in (STAGING, PLANS):
-        path = posixpath.join(root, folder)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
 
 
 def partition(now: datetime | None = None) -> str:

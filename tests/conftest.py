@@ -63,8 +63,8 @@ def whisper_app(ray_cluster):
     """A whisper Serve app shared by the session's pipeline runs; returns the `--set` overrides that reuse it."""
     from ray import serve
 
-    from deployments.app import application
     from contract.config import load_config
+    from deployments.app import application
 
     name = "test-whisper"
     serve.run(application(load_config(None, [f"deployment.app_name={name}"])), name=name, route_prefix=None)

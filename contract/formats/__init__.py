@@ -78,6 +78,28 @@ def split_reasoning(text: str, head: str = "") -> ParsedOutput:
     return ParsedOutput(reasoning=reasoning.strip(), answer=answer.strip(), truncated=False)
 
 
+def assistant_prefills(fmt: ModelFormat) -> dict[str, str]:
+    """For each of the format's prefill modes, the assistant message text that, continued
+    (`continue_final_message`), renders the prompt the format renders for that mode.
+
+    A mode only appends to the default mode's prompt (tests/contract/test_formats.py checks this against the
+    official template), so the text is the template's own opening plus what the mode appends. Modes that append
+    nothing share a text; `enable_thinking: false` tells "off" apart then.
+    """
+    def prompt(mode: str) -> str:
+        return fmt.render_prompt(system=None, question="", num_audio=0, prefill=mode)
+
+    base = prompt(fmt.prefills[0])
+    head = fmt.generation_prompt_tail
+    texts = {}
+    for mode in fmt.prefills:
+        rendered = prompt(mode)
+        if not rendered.startswith(base):
+            raise ValueError(f"{fmt.family} prefill {mode!r} does not extend the default prompt")
+        texts[mode] = head + rendered[len(base):]
+    return texts
+
+
 # Imported late: the family modules subclass ModelFormat and use split_reasoning from above.
 from . import qwen2_audio, step_audio_r1, whisper  # noqa: E402
 

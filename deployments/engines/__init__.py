@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-from deployments.engines.base import Engine
 from contract.config import EngineConfig
+from deployments.engines.base import Engine
 
 _MODULES = {"whisper": "deployments.engines.whisper", "vllm": "deployments.engines.vllm",
             "openai": "deployments.engines.openai"}

@@ -6,9 +6,9 @@ import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from contract.formats import ModelFormat
 from contract.audio import SAMPLE_RATE
 from contract.config import EngineConfig
+from contract.formats import ModelFormat
 from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 
 

@@ -4,7 +4,7 @@ Step-Audio-R1's Docker recipe on port 9999, or another deployment of this projec
 Each request becomes one `POST {base_url}/chat/completions` in the form StepFun's reference client uses: the
 audio items as `input_audio` parts (lossless 32-bit float WAV, base64), then the question as a text part; the
 format's stop tokens, `skip_special_tokens`, and the prefill as a final assistant message continued with
-`continue_final_message` (`deployments.openai.convert.assistant_prefills`), so the server renders the prompt the
+`continue_final_message` (`contract.formats.assistant_prefills`), so the server renders the prompt the
 in-process engine renders. The answer is split into reasoning and answer by the server if it sends
 `reasoning_content` (vLLM with a reasoning parser, this project's app), else here with the format's
 `split_output`. Rows are the same as the in-process engines'.
@@ -26,12 +26,12 @@ import random
 import time
 from typing import Any
 
+from contract.audio import wav_base64
+from contract.config import EngineConfig
+from contract.formats import assistant_prefills, get_format
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 from deployments.engines.base import (Engine, RequestFailed, RequestRejected,
                                       check_item_length, checked_prefill)
-from contract.formats import get_format
-from deployments.openai.convert import assistant_prefills, wav_base64
-from contract.config import EngineConfig
-from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 
 logger = logging.getLogger("ray.serve")
 

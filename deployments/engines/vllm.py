@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from deployments.engines.base import (Engine, RequestRejected, StreamDelta,
-                                      check_item_length, checked_prefill)
-from contract.formats import get_format
 from contract.audio import SAMPLE_RATE
 from contract.config import EngineConfig
+from contract.formats import get_format
 from contract.messages import GenerationRequest, GenerationResult, ModelInfo
+from deployments.engines.base import (Engine, RequestRejected, StreamDelta,
+                                      check_item_length, checked_prefill)
 
 logger = logging.getLogger("ray.serve")
 

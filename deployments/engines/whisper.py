@@ -9,10 +9,10 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from deployments.engines.base import Engine, RequestRejected
-from contract.formats import get_format
 from contract.config import EngineConfig
+from contract.formats import get_format
 from contract.messages import GenerationRequest, GenerationResult, ModelInfo
+from deployments.engines.base import Engine, RequestRejected
 
 # Greedy, deterministic, one window at a time: items arrive already cut to at most 30 s.
 DEFAULT_TRANSCRIBE = {"beam_size": 1, "language": "en", "condition_on_previous_text": False,

@@ -21,41 +21,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import logging
 from typing import Any
 
 import numpy as np
 
-from contract.formats import ModelFormat
-from deployments.openai.protocol import APIError, ChatCompletionRequest, ChatMessage
-from contract.audio import SAMPLE_RATE, DecodeError, decode_with_info
+from contract.audio import DecodeError, decode_with_info
 from contract.config import HTTPConfig, SamplingConfig
-from contract.messages import GenerationRequest, GenerationResult
+from contract.formats import ModelFormat, assistant_prefills
+from contract.messages import GenerationRequest
+from deployments.openai.protocol import APIError, ChatCompletionRequest, ChatMessage
 
 logger = logging.getLogger("ray.serve")
-
-
-def assistant_prefills(fmt: ModelFormat) -> dict[str, str]:
-    """For each of the format's prefill modes, the assistant message text that, continued
-    (`continue_final_message`), renders the prompt the format renders for that mode.
-
-    A mode only appends to the default mode's prompt (tests/deployments/test_formats.py checks this against the
-    official template), so the text is the template's own opening plus what the mode appends. Modes that append
-    nothing share a text; `enable_thinking: false` tells "off" apart then.
-    """
-    def prompt(mode: str) -> str:
-        return fmt.render_prompt(system=None, question="", num_audio=0, prefill=mode)
-
-    base = prompt(fmt.prefills[0])
-    head = fmt.generation_prompt_tail
-    texts = {}
-    for mode in fmt.prefills:
-        rendered = prompt(mode)
-        if not rendered.startswith(base):
-            raise ValueError(f"{fmt.family} prefill {mode!r} does not extend the default prompt")
-        texts[mode] = head + rendered[len(base):]
-    return texts
 
 
 def prefill_mode(fmt: ModelFormat, assistant: str | None, enable_thinking: Any, param: str | None) -> str:
@@ -210,52 +187,3 @@ def _decode(data: bytes, max_item_s: float, param: str) -> np.ndarray:
         raise APIError(400, f"audio is longer than the {max_item_s:g} s this model takes per item: cut it into "
                        f"items of at most {max_item_s:g} s", code="audio_too_long", param=param)
     return audio
-
-
-def wav_base64(audio: np.ndarray) -> str:
-    """Base64 of a 32-bit float WAV of 16 kHz mono samples: lossless, so the server decodes the same samples."""
-    import soundfile as sf
-
-    buffer = io.BytesIO()
-    sf.write(buffer, np.asarray(audio, dtype=np.float32), SAMPLE_RATE, format="WAV", subtype="FLOAT")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-class StreamSplitter:
-    """Turns the text a model streams into reasoning and answer pieces, as a reasoning parser does.
-
-    Each time, the whole text so far goes through the format's `split_output`; what is new since the last
-    piece is sent. The tail of an unfinished part is held back (HOLD characters) so a partly streamed marker
-    (`</thi`, `<|EO`) is never sent as text. `finish` sends the rest from the engine's final result.
-    """
-
-    HOLD = 16
-
-    def __init__(self, fmt: ModelFormat, mode: str):
-        self.fmt, self.mode = fmt, mode
-        self.text = ""
-        self.reasoning = ""  # sent so far
-        self.answer = ""
-        self._warned = False
-
-    def feed(self, text: str) -> tuple[str, str]:
-        self.text += text
-        parsed = self.fmt.split_output(self.text, self.mode)
-        if parsed.answer is None:  # still reasoning
-            return self._send((parsed.reasoning or "")[:-self.HOLD], "")
-        return self._send(parsed.reasoning or "", parsed.answer[:-self.HOLD])
-
-    def finish(self, result: GenerationResult) -> tuple[str, str]:
-        return self._send(result.reasoning or "", result.answer or "")
-
-    def _send(self, reasoning: str, answer: str) -> tuple[str, str]:
-        # Only ever extend what was sent: a piece cannot be taken back.
-        new_reasoning = reasoning[len(self.reasoning):] if reasoning.startswith(self.reasoning) else ""
-        new_answer = answer[len(self.answer):] if answer.startswith(self.answer) else ""
-        if not self._warned and not (reasoning.startswith(self.reasoning) and answer.startswith(self.answer)):
-            self._warned = True
-            logger.warning("streamed text was reclassified between reasoning and answer; the stream keeps "
-                           "what it sent")
-        self.reasoning += new_reasoning
-        self.answer += new_answer
-        return new_reasoning, new_answer

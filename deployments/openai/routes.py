@@ -26,13 +26,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deployments.engines.base import StreamDelta
-from contract.formats import get_format
-from deployments.openai import protocol
-from deployments.openai.convert import StreamSplitter, to_generation_request
-from deployments.openai.protocol import APIError
 from contract.config import HTTPConfig
+from contract.formats import get_format
 from contract.messages import GenerationRequest, GenerationResult, ModelInfo
+from deployments.engines.base import StreamDelta
+from deployments.openai import protocol
+from deployments.openai.convert import to_generation_request
+from deployments.openai.protocol import APIError
+from deployments.openai.stream import StreamSplitter
 
 logger = logging.getLogger("ray.serve")
 

@@ -7,12 +7,14 @@ import base64
 
 import pytest
 
-from contract.formats import get_format
-from deployments.openai.convert import StreamSplitter, assistant_prefills, to_generation_request, wav_base64
-from deployments.openai.protocol import APIError, parse_request
+from contract.audio import wav_base64
 from contract.audio import decode
 from contract.config import HTTPConfig
+from contract.formats import assistant_prefills, get_format
 from contract.messages import GenerationResult
+from deployments.openai.convert import to_generation_request
+from deployments.openai.protocol import APIError, parse_request
+from deployments.openai.stream import StreamSplitter
 from tests.conftest import SAMPLES
 
 R1 = get_format("step_audio_r1")

@@ -16,12 +16,11 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from deployments.engines.base import RequestFailed, RequestRejected
-from contract.formats import get_format
-from deployments.openai.convert import assistant_prefills
 from contract.audio import decode
 from contract.config import EngineConfig, SamplingConfig
+from contract.formats import assistant_prefills, get_format
 from contract.messages import GenerationRequest
+from deployments.engines.base import RequestFailed, RequestRejected
 from tests.conftest import free_port, official_step_audio_r1
 
 KEY = "sk-test-key"

@@ -8,11 +8,11 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from deployments.engines.base import StreamDelta
-from contract.formats import get_format
-from deployments.openai.routes import build_app
 from contract.config import HTTPConfig
+from contract.formats import get_format
 from contract.messages import GenerationResult, ModelInfo
+from deployments.engines.base import StreamDelta
+from deployments.openai.routes import build_app
 
 R1 = get_format("step_audio_r1")
 TEXT = " the caller says hello and asks for help.\n</think>\n\nTRANSCRIPTION: Hello, can you help me?<|EOT|>"

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from deployments.openai.convert import wav_base64
+from contract.audio import wav_base64
 from contract.config import SamplingConfig, load_config
 from contract.messages import GenerationRequest
 from tests.conftest import ROOT, SAMPLES, cmdline, serve_http_url, tone

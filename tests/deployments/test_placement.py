@@ -21,8 +21,8 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
-from contract.formats import get_format
 from contract.config import load_config
+from contract.formats import get_format
 from pipeline.prepare import prepare_file
 from pipeline.sources import list_audio
 from tests.conftest import ROOT, SAMPLES

@@ -14,8 +14,8 @@ import uuid
 import numpy as np
 import pytest
 
-from contract.formats import get_format
 from contract.config import SamplingConfig, load_config
+from contract.formats import get_format
 from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 from tests.conftest import ROOT, cmdline, tone
 

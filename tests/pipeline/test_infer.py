@@ -12,9 +12,9 @@ import pytest
 from ray.exceptions import ActorDiedError
 
 import pipeline.infer
+from contract.messages import GenerationResult
 from pipeline.answered import digest
 from pipeline.infer import Infer
-from contract.messages import GenerationResult
 from pipeline.rows import SEGMENT_SCHEMA
 
 

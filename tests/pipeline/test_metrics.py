@@ -88,8 +88,8 @@ def test_replica_metrics_are_per_replica(ray_cluster):
 
     from ray import serve
 
-    from deployments.metrics import ReplicaMetrics
     from contract.messages import GenerationResult
+    from deployments.metrics import ReplicaMetrics
 
     @serve.deployment(name="Probe", ray_actor_options={"num_cpus": 0})
     class Probe:
@@ -148,9 +148,9 @@ class Recorded:
 def test_a_streamed_answer_counts_once_with_its_outcome():
     import asyncio
 
+    from contract.messages import GenerationResult
     from deployments.engines.base import StreamDelta
     from deployments.metrics import ReplicaMetrics
-    from contract.messages import GenerationResult
 
     metrics = ReplicaMetrics("m")
     for name in ("in_flight", "requests", "latency", "prompt_tokens", "completion_tokens"):

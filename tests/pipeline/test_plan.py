@@ -3,9 +3,9 @@
 import pyarrow.parquet as pq
 import pytest
 
+from contract.config import TaskConfig
 from pipeline import plan as plan_module
 from pipeline.answered import Answered, digest
-from contract.config import TaskConfig
 from pipeline.plan import remove_plan, write_plan
 from pipeline.sources import SourceFile
 

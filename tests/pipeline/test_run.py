@@ -7,8 +7,8 @@ import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
-from pipeline import plan
 from contract.config import TaskConfig, load_config
+from pipeline import plan
 from pipeline.rows import OUTPUT_SCHEMA
 from pipeline.run import run
 from tests.conftest import SAMPLES, word_error_rate
