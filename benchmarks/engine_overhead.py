@@ -230,7 +230,7 @@ def main(items: int) -> None:
 
         from contract.config import load_config
         from contract.messages import GenerationRequest
-        from deployments.app import application
+        from deployments.app import application, serving
         from pipeline.run import run
 
         config = load_config(CONFIG, [f"input.uri={inputs}", f"output.uri={tmp / 'out'}",
@@ -267,7 +267,7 @@ def main(items: int) -> None:
             run_config.output.uri = str(out)
             timers = Timers({})
             with timers, CpuAccount() as cpu:
-                summary = run(run_config)
+                summary = run(run_config, serving)
             rows = pads.dataset(str(out)).to_table().filter(pc.field("run_id") == summary.run_id)
             tokens = pc.sum(rows["completion_tokens"]).as_py() or 0
             exec_start = timers.execute_started()

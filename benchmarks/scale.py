@@ -2,8 +2,8 @@
 
 What it measures: everything the job's driver does before the Dataset executes, by calling
 `pipeline.run.run(config)` itself (configs/local.yaml, input = a temp dir of tiny WAVs, 0.1 s each, 1,000
-per folder) with the two calls that need a model stubbed: `start_app` returns a stand-in handle that only
-answers `info`, and `Dataset.write_datasink` / `write_parquet` keep the planned Dataset without executing it.
+per folder) with the two things that need a model stubbed: the app handed to `run` yields a stand-in handle
+that only answers `info`, and `Dataset.write_datasink` / `write_parquet` keep the planned Dataset without executing it.
 So it covers scanning the output for answered items, listing, writing the plan, building the lazy Dataset,
 and counting what was written, whatever `run` does today. Per size:
 
@@ -27,6 +27,7 @@ shows the trend past 10k.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -59,6 +60,8 @@ def make_files(root: Path, n: int) -> None:
 class _FakeHandle:
     """Stands in for the Serve app's handle: `run` only asks it for the model's info before execution."""
 
+    app_name = deployment_name = None  # no app for the progress line to watch
+
     class _Info:
         def remote(self):
             from contract.messages import ModelInfo
@@ -89,15 +92,17 @@ def child(uri: str, out: str, address: str, trace: bool) -> None:
     proc = psutil.Process()
     planned = {}
 
+    def fake_app(config):  # what `run` opens instead of the Serve app
+        return contextlib.nullcontext(_FakeHandle())
+
     def no_execution(self, *args, **kwargs):  # Dataset.write_*: keep the planned Dataset, execute nothing
         planned["dataset"] = self
 
-    prun.start_app = lambda config: (_FakeHandle(), False)
     ray.data.Dataset.write_datasink = no_execution
     ray.data.Dataset.write_parquet = no_execution
 
     # Warm up imports and the connection with the sample clips, so they are not counted.
-    prun.run(load_config(None, [f"input.uri={ROOT / 'samples' / 'audio'}", f"output.uri={out}-warm"]))
+    prun.run(load_config(None, [f"input.uri={ROOT / 'samples' / 'audio'}", f"output.uri={out}-warm"]), fake_app)
 
     config = load_config(None, [f"input.uri={uri}", f"output.uri={out}"])
     peak_rss = [proc.memory_info().rss]
@@ -116,7 +121,7 @@ def child(uri: str, out: str, address: str, trace: bool) -> None:
     timers = Timers({})
     t0 = time.perf_counter()
     with timers:
-        summary = prun.run(config)
+        summary = prun.run(config, fake_app)
     wall = time.perf_counter() - t0
     heap, heap_peak = tracemalloc.get_traced_memory() if trace else (0, 0)
     stop.set()

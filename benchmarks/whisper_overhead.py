@@ -130,7 +130,7 @@ def main() -> None:
 
         import pipeline.run as prun
         from contract.messages import GenerationRequest
-        from deployments.app import application
+        from deployments.app import application, serving
 
         # --- cold: Ray start + run(config), as the job does it -------------------------------------------
         cold = Timers({})
@@ -138,7 +138,7 @@ def main() -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         cold.log["ray_init"] = time.perf_counter() - t0
         with cold, CpuAccount() as cold_cpu:
-            cold_summary = prun.run(config)
+            cold_summary = prun.run(config, serving)
         cold_total = time.perf_counter() - t0
         print(f"pipeline cold: {cold_summary}")
 
@@ -153,7 +153,7 @@ def main() -> None:
         app_start_s = time.perf_counter() - t0
         warm = Timers({})
         with warm, CpuAccount() as warm_cpu:
-            warm_summary = prun.run(warm_config)
+            warm_summary = prun.run(warm_config, serving)
         print(f"pipeline warm: {warm_summary} (app start {app_start_s:.1f} s excluded)")
         serve.delete(warm_config.deployment.app_name)
 

@@ -1,17 +1,21 @@
 """Builds the Serve application from the project's config.
 
 `serve run deployments.app:build_app config=configs/local.yaml` and RayService's `import_path` use
-`build_app`; the batch job uses `application`, with the config it has already validated. The one deployment
-answers the batch job through its handle (`generate`) and HTTP callers on its route prefix (OpenAI-compatible
-`/v1/chat/completions`; `serve run` serves it on http://127.0.0.1:8000/).
+`build_app`; the batch job (jobs/transcribe.py) opens it with `serving`, with the config it has already
+validated, and hands the pipeline the handle. The one deployment answers the batch job through its handle
+(`generate`) and HTTP callers on its route prefix (OpenAI-compatible `/v1/chat/completions`; `serve run`
+serves it on http://127.0.0.1:8000/).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
 
 from contract.config import Config, load_config
 from deployments.server import EngineServer
@@ -62,3 +66,23 @@ def build_app(args: dict[str, Any]) -> Application:
     """Serve's app builder: `config=PATH` and optional `set=[dotted.key=value, ...]`."""
     overrides = args.get("set") or []
     return application(load_config(args.get("config"), [overrides] if isinstance(overrides, str) else overrides))
+
+
+def start_app(config: Config) -> tuple[DeploymentHandle, bool]:
+    """The app's handle, and whether this call started it (and so must delete it)."""
+    name = config.deployment.app_name
+    if config.deployment.reuse_running and name in serve.status().applications:
+        return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=name), False
+    return serve.run(application(config), name=name, route_prefix=None), True
+
+
+@contextmanager
+def serving(config: Config) -> Iterator[DeploymentHandle]:
+    """The app's handle for a `with`: the running app if `deployment.reuse_running` finds it, else one started
+    here and deleted on leaving, however the block is left (an exception, Ctrl-C)."""
+    handle, started = start_app(config)
+    try:
+        yield handle
+    finally:
+        if started:
+            serve.delete(config.deployment.app_name)

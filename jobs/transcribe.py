@@ -34,10 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    from pipeline.run import run  # Ray is imported only once the config is known to be good
+    # Ray is imported only once the config is known to be good.
+    from deployments.app import serving
+    from pipeline.run import run
 
     try:
-        summary = run(config, retry_failed=args.retry_failed, progress=None if args.quiet else sys.stderr)
+        # The pipeline opens the app (starts it, or reuses a running one) only if there is work, and an app
+        # started here is deleted however the run ends.
+        summary = run(config, serving, retry_failed=args.retry_failed, progress=None if args.quiet else sys.stderr)
     except (ConfigError, SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -57,18 +57,18 @@ def _result_columns(result: GenerationResult) -> dict[str, Any]:
 class Infer:
     """Ray Data stage (async actors): item rows in, output rows out.
 
+    `handle` is the Serve app's deployment handle, handed in by whoever opened the app (pipeline.run gets it
+    from jobs/transcribe.py); each batch's requests go to its `generate`.
+
     `skip` holds the rows the output already has (`pipeline.answered.digest(item_id, segment_index, task,
     prompt)`) of items it holds only part of (a resumed run); those are not asked again.
     `progress` (a `pipeline.progress.ProgressCounter` actor) is told what each batch did; metrics
     (`pipeline.metrics`) are recorded from the rows it made.
     """
 
-    def __init__(self, *, app_name: str, deployment_name: str, tasks: list[dict[str, Any]], model: str,
-                 run_id: str, skip: set[bytes] = frozenset(), attempts: int = 3,
-                 progress: Any = None):
-        from ray import serve
-
-        self.handle = serve.get_deployment_handle(deployment_name, app_name=app_name)
+    def __init__(self, *, handle: Any, tasks: list[dict[str, Any]], model: str, run_id: str,
+                 skip: set[bytes] = frozenset(), attempts: int = 3, progress: Any = None):
+        self.handle = handle
         self.tasks = [TaskConfig.model_validate(t) for t in tasks]
         self.common = {"model": model, "run_id": run_id}
         self.skip = skip

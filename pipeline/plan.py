@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 
 from contract.config import TaskConfig, asks
 from pipeline.answered import Answered
-from pipeline.staging import PLANS
 from pipeline.sources import SourceFile
+from pipeline.staging import PLANS
 from pipeline.storage import full_uri, open_fs
 
 PLAN_SCHEMA = pa.schema([("item_id", pa.string()), ("source_uri", pa.string()), ("size", pa.int64()),

@@ -10,7 +10,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, TextIO
@@ -18,11 +19,9 @@ from typing import Any, TextIO
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
-from ray import serve
 
 from contract.config import Config, ConfigError
 from contract.messages import ModelInfo
-from deployments.app import DEPLOYMENT_NAME, application
 from pipeline.answered import Answered, output_files, scan
 from pipeline.infer import Infer
 from pipeline.manifest import read_manifest
@@ -31,8 +30,8 @@ from pipeline.prepare import prepare_batch
 from pipeline.progress import Progress
 from pipeline.report import report_run, run_facts
 from pipeline.sink import ParquetSink
-from pipeline.staging import remove_leftovers
 from pipeline.sources import SourceFile, list_audio
+from pipeline.staging import remove_leftovers
 from pipeline.storage import open_fs
 
 logger = logging.getLogger(__name__)
@@ -81,7 +80,7 @@ def item_seconds(config: Config, info: ModelInfo) -> float:
 
 
 def build_dataset(config: Config, plan: Plan, answered: Answered, info: ModelInfo,
-                  run_id: str, progress: Any = None) -> ray.data.Dataset:
+                  run_id: str, handle: Any, progress: Any = None) -> ray.data.Dataset:
     r = config.resources
     storage = config.storage.model_dump()
     items = plan_dataset(config, plan).map_batches(
@@ -94,8 +93,7 @@ def build_dataset(config: Config, plan: Plan, answered: Answered, info: ModelInf
         Infer, batch_format="pyarrow", batch_size=r.batch_size, num_cpus=r.infer_cpus,
         compute=ray.data.ActorPoolStrategy(size=r.infer_actors,
                                            max_tasks_in_flight_per_actor=r.max_concurrent_batches),
-        fn_constructor_kwargs={"app_name": config.deployment.app_name, "deployment_name": DEPLOYMENT_NAME,
-                               "tasks": [t.model_dump() for t in config.tasks], "model": info.model_name,
+        fn_constructor_kwargs={"handle": handle, "tasks": [t.model_dump() for t in config.tasks], "model": info.model_name,
                                "run_id": run_id, "skip": answered.partial, "attempts": r.attempts,
                                "progress": progress},
     )
@@ -110,14 +108,6 @@ def plan_dataset(config: Config, plan: Plan) -> ray.data.Dataset:
     fs, _ = open_fs(plan.path, config.storage.model_dump())
     files = ray.data.read_parquet(plan.path, filesystem=fs, ray_remote_args={"num_cpus": r.read_cpus})
     return files.repartition(target_num_rows_per_block=r.files_per_task)
-
-
-def start_app(config: Config) -> tuple[serve.handle.DeploymentHandle, bool]:
-    """The app's handle, and whether this job started it (and so must delete it)."""
-    name = config.deployment.app_name
-    if config.deployment.reuse_running and name in serve.status().applications:
-        return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=name), False
-    return serve.run(application(config), name=name, route_prefix=None), True
 
 
 def count_written(output_uri: str, run_id: str, storage: dict) -> tuple[int, int, float]:
@@ -142,9 +132,12 @@ def sources(config: Config) -> Iterator[SourceFile]:
     return list_audio(i.uri, i.extensions, storage=storage, glob=i.glob, since=i.since_time())
 
 
-def run(config: Config, *, retry_failed: bool = False, progress: TextIO | None = None) -> Summary:
+def run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], *, retry_failed: bool = False,
+        progress: TextIO | None = None) -> Summary:
     """Answer every listed file not answered yet; `retry_failed` also redoes rows marked retryable.
 
+    `app(config)` opens the Serve app for a `with` and yields its deployment handle (jobs/transcribe.py hands in
+    `deployments.app.serving`); it is opened only once the plan has work, after Ray is up.
     `progress`: where to print the progress line (pipeline.progress), e.g. sys.stderr; None: nowhere."""
     start, started_at = time.perf_counter(), datetime.now(timezone.utc)
     tracker = None
@@ -158,17 +151,13 @@ def run(config: Config, *, retry_failed: bool = False, progress: TextIO | None =
             logger.warning("no audio files under %s (extensions %s)", config.input.uri, config.input.extensions)
         if plan.todo:
             init_ray(config)
-            handle, started = start_app(config)
-            try:
+            with app(config) as handle:
                 info = handle.info.remote().result()
-                with Progress(plan.todo, stream=progress, app_name=config.deployment.app_name,
-                              deployment_name=DEPLOYMENT_NAME) as tracker:
-                    dataset = build_dataset(config, plan, answered, info, run_id, tracker.counter)
+                with Progress(plan.todo, stream=progress, app_name=handle.app_name,
+                              deployment_name=handle.deployment_name) as tracker:
+                    dataset = build_dataset(config, plan, answered, info, run_id, handle, tracker.counter)
                     dataset.write_datasink(ParquetSink(output, run_id, config.output.rows_per_file, storage),
                                            ray_remote_args={"num_cpus": config.resources.write_cpus})
-            finally:
-                if started:
-                    serve.delete(config.deployment.app_name)
     finally:
         remove_plan(plan, storage)
     rows, errors, audio_s = count_written(output, run_id, storage)

@@ -180,6 +180,7 @@ def main(input_dir: str, output_dir: str) -> dict:
     from ray.cluster_utils import Cluster
 
     from contract.config import TaskConfig, load_config
+    from deployments.app import serving
     from pipeline.run import run
 
     timings: dict[str, float] = {}
@@ -202,7 +203,7 @@ def main(input_dir: str, output_dir: str) -> dict:
         watcher = Watcher()
         watcher.start()
         run_start = time.monotonic()
-        summary = run(config)
+        summary = run(config, serving)
         timings["run_s"] = round(time.monotonic() - run_start, 1)
         watcher.stop.set()
         watcher.join(timeout=30)

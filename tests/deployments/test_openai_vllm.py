@@ -125,6 +125,7 @@ def test_batch_through_the_openai_engine_equals_in_process(vllm_app, tmp_path):
     engine writes: answers, reasoning and token counts (latency aside)."""
     from ray import serve
 
+    from deployments.app import serving
     from pipeline.run import run
 
     _, base = vllm_app
@@ -141,9 +142,9 @@ def test_batch_through_the_openai_engine_equals_in_process(vllm_app, tmp_path):
         "engine.engine_kwargs={}", "engine.env={}"])
 
     started = time.perf_counter()
-    first = run(in_process)
+    first = run(in_process, serving)
     middle = time.perf_counter()
-    second = run(over_http)
+    second = run(over_http, serving)
     print(f"\nin-process run {middle - started:.1f} s, openai-engine run {time.perf_counter() - middle:.1f} s")
     assert "test-openai-engine" not in serve.status().applications  # the job deleted the app it started
 

@@ -217,6 +217,7 @@ def test_vllm_pipeline_end_to_end(vllm_app, tiny_qwen2_audio, tmp_path):
     """The whole pipeline (decode, segment, infer actors, Parquet) through the running vLLM app."""
     import pyarrow.dataset as pads
 
+    from deployments.app import serving
     from pipeline.run import run
     from tests.conftest import SAMPLES
 
@@ -228,7 +229,7 @@ def test_vllm_pipeline_end_to_end(vllm_app, tiny_qwen2_audio, tmp_path):
     config = load_config(ROOT / "configs" / "tiny-vllm.yaml", [
         f"input.uri={tmp_path / 'in'}", f"output.uri={tmp_path / 'out'}", f"deployment.app_name={app_name}",
         "deployment.reuse_running=true"])
-    summary = run(config)
+    summary = run(config, serving)
     rows = pads.dataset(str(tmp_path / "out")).to_table().to_pylist()
     assert summary.rows == len(rows) and summary.errors == 2
 

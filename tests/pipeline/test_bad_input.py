@@ -13,6 +13,7 @@ import soundfile as sf
 
 from contract.audio import decode
 from contract.config import load_config
+from deployments.app import serving
 from pipeline.run import run
 from tests.conftest import SAMPLES
 
@@ -85,7 +86,7 @@ def outcome(whisper_app, tmp_path_factory):
         (inputs / name).write_bytes(make())
     config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", "audio.max_duration_s=600",
                                 *whisper_app])
-    summary = run(config)
+    summary = run(config, serving)
     return summary, pads.dataset(str(out)).to_table().to_pylist()
 
 

@@ -37,15 +37,9 @@ class HandleWhoseReplicaDiesOnPoison:
 
 
 def stage(**kwargs) -> Infer:
-    infer = Infer.__new__(Infer)  # skips connecting to Serve; the rest is the real stage
-    infer.handle = HandleWhoseReplicaDiesOnPoison()
-    infer.tasks = [pipeline.infer.TaskConfig(name="t", question="q")]
-    infer.common = {"model": "m", "run_id": "r"}
-    infer.skip = kwargs.get("skip", set())
-    infer.attempts = 2
-    infer.progress = None
-    infer.metrics = pipeline.infer.PipelineMetrics("m")
-    return infer
+    """The real stage, built as pipeline.run builds it, with the stand-in handed in as its handle."""
+    return Infer(handle=HandleWhoseReplicaDiesOnPoison(), tasks=[{"name": "t", "question": "q"}], model="m",
+                 run_id="r", attempts=2, **kwargs)
 
 
 def items(*ids) -> pa.Table:

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from contract.config import load_config
+from deployments.app import serving
 from pipeline.manifest import read_manifest
 from pipeline.run import run
 from pipeline.sources import SourceError
@@ -35,7 +36,7 @@ def test_jsonl_manifest_through_the_pipeline(whisper_app, audio_dir, tmp_path):
     manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     out = tmp_path / "out"
     config = load_config(None, [f"input.manifest={manifest}", f"output.uri={out}", TASKS, *whisper_app])
-    summary = run(config)
+    summary = run(config, serving)
     rows = pads.dataset(str(out)).to_table().to_pylist()
     by = lambda speaker: [r for r in rows if json.loads(r["metadata"])["speaker"] == speaker]  # noqa: E731
 
@@ -54,7 +55,7 @@ def test_jsonl_manifest_through_the_pipeline(whisper_app, audio_dir, tmp_path):
     assert fay["error_class"] == "UnknownTask" and "translate" in fay["error"]
     assert summary.files == len(lines) and summary.rows == len(rows) == 2 + 1 + 2 + 2 + 2 + 1
 
-    again = run(config)
+    again = run(config, serving)
     assert again.rows == 0 and again.skipped == len(lines)
 
 

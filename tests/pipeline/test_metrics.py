@@ -9,6 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract.config import load_config
+from deployments.app import serving
 from pipeline.run import run
 from tests.conftest import samples_in
 
@@ -53,7 +54,7 @@ def test_pipeline_metrics_count_what_the_run_wrote(whisper_app, tmp_path):
     config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app,
                                 "resources.batch_size=1", "resources.max_concurrent_batches=1",
                                 f"tasks=[{{name: {task}, question: Please transcribe the audio.}}]"])
-    run(config)
+    run(config, serving)
     rows = pads.dataset(str(out)).to_table().to_pylist()
     answered = [r for r in rows if r["finish_reason"] is not None]
     assert len(answered) == 4  # the lecture is two items

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from contract.config import load_config
+from deployments.app import serving
 from pipeline.report import DATA_COLOR, REPORTS, build, main
 from pipeline.rows import OUTPUT_SCHEMA
 from pipeline.run import run
@@ -31,7 +32,7 @@ def finished(whisper_app, tmp_path_factory):
     # The app is reused as it runs (no GPU); the report trusts the config's GPUs per replica for its cost.
     config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app,
                                 "deployment.gpus_per_replica=4", f"report.gpu_hour_price={PRICE}"])
-    summary = run(config)
+    summary = run(config, serving)
     rows = pads.dataset(str(out)).to_table().to_pylist()
     folder = out / REPORTS / summary.run_id
     return summary, rows, out, json.loads((folder / "report.json").read_text()), (folder / "report.html").read_text()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 
 from contract.config import load_config
+from deployments.app import serving
 from pipeline.run import run
 from tests.conftest import ROOT, SAMPLES
 
@@ -52,16 +53,16 @@ def test_rerun_adds_nothing_and_new_files_add_exactly_their_rows(whisper_app, tm
     inputs, out = tmp_path / "in", tmp_path / "out"
     copy_samples(inputs, names={"greeting.wav", "story.ogg", "lecture.wav"})
     config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app])
-    first = run(config)
+    first = run(config, serving)
     assert first.rows == 4 and first.skipped == 0  # the lecture is two items
 
-    second = run(config)
+    second = run(config, serving)
     assert (second.rows, second.skipped, second.files) == (0, 3, 3)
     assert len(rows(out)) == 4
 
     copy_samples(inputs, names={"note.m4a", "weather.flac"})
     (inputs / "0_note.m4a").rename(inputs / "new note.m4a")
-    third = run(config)
+    third = run(config, serving)
     assert (third.rows, third.skipped) == (2, 3)
     written = assert_one_outcome_per_key(out, inputs)
     assert {Path(r["source_uri"]).name for r in written if r["run_id"] == third.run_id} == \
@@ -71,10 +72,10 @@ def test_rerun_adds_nothing_and_new_files_add_exactly_their_rows(whisper_app, tm
 def test_a_new_task_or_prompt_is_answered_and_old_rows_stay(whisper_app, tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     copy_samples(inputs, names={"greeting.wav"})
-    run(load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app]))
+    run(load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app]), serving)
     changed = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app,
                                  "tasks=[{name: transcribe, question: Write down what is said.}]"])
-    assert run(changed).rows == 1
+    assert run(changed, serving).rows == 1
     assert sorted(r["prompt"] for r in rows(out)) == ["Please transcribe the audio.", "Write down what is said."]
 
 
@@ -90,15 +91,15 @@ def test_retry_failed_replaces_retryable_rows(ray_cluster, whisper_app, tmp_path
                                    "deployment.request_timeout_s=0.001", "deployment.reuse_running=true"])
     serve.run(application(impatient), name="test-impatient", route_prefix=None)
     try:
-        run(impatient)
+        run(impatient, serving)
     finally:
         serve.delete("test-impatient")
     timed_out = [r for r in rows(out) if r["error_class"] == "RequestTimeout"]
     assert len(timed_out) == 2 and all(r["retryable"] for r in timed_out)
 
     config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app])
-    assert run(config).rows == 0  # a plain rerun leaves error rows alone
-    retried = run(config, retry_failed=True)
+    assert run(config, serving).rows == 0  # a plain rerun leaves error rows alone
+    retried = run(config, serving, retry_failed=True)
     assert retried.rows == 2 and retried.errors == 0
     written = assert_one_outcome_per_key(out, inputs)
     assert not [r for r in written if r["error_class"] == "RequestTimeout"]
@@ -125,7 +126,7 @@ def test_killed_replica_costs_no_rows(whisper_app, tmp_path):
 
     killer = threading.Thread(target=kill_replica_once_rows_appear)
     killer.start()
-    summary = run(config)
+    summary = run(config, serving)
     killer.join()
     assert killed, "no replica was killed"
     written = assert_one_outcome_per_key(out, inputs)

@@ -8,6 +8,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from contract.config import TaskConfig, load_config
+from deployments.app import serving
 from pipeline import plan
 from pipeline.rows import OUTPUT_SCHEMA
 from pipeline.run import run
@@ -30,7 +31,7 @@ def finished_run(request, ray_cluster, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         if request.param == "plan streamed":
             patch.setattr(plan, "CHUNK", 3)
-        summary = run(config)
+        summary = run(config, serving)
     assert summary.files == 7 > 3  # so "plan streamed" reads a plan file of three chunks
     table = pads.dataset(str(out)).to_table()
     return summary, table.to_pylist(), table.schema, inputs

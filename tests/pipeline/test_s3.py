@@ -11,6 +11,7 @@ import pyarrow.dataset as pads
 import s3fs
 
 from contract.config import load_config
+from deployments.app import serving
 from pipeline.prepare import prepare_file
 from pipeline.run import run
 from pipeline.sources import list_audio
@@ -75,7 +76,7 @@ def test_in_process_run_with_endpoint_in_config_and_partitioned_output(s3, whisp
     client.put_object(Bucket=name, Key="a/notes.txt", Body=b"ignored")
     config = load_config(None, [f"input.uri=s3://{name}/a", f"output.uri=s3://{name}/out",
                                 f"storage.endpoint_url={url}", *whisper_app])
-    summary = run(config)
+    summary = run(config, serving)
     assert (summary.files, summary.rows, summary.errors) == (2, 2, 0)
     fs = s3fs.S3FileSystem(endpoint_url=url, skip_instance_cache=True)
     assert all("/run_date=" in f for f in fs.find(f"{name}/out") if "/_" not in f)
