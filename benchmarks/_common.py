@@ -190,7 +190,7 @@ class Timers:
     reading what the output already answers, listing/planning, starting the app, executing the Dataset
     (`Dataset.write_*`), counting what was written, deleting the app."""
 
-    RUN_STEPS = ("remove_leftovers", "scan", "write_plan", "build_dataset", "count_written",
+    RUN_STEPS = ("remove_leftovers", "prune", "scan", "write_plan", "build_dataset", "count_written",
                  "summarize", "write_report")
 
     def __init__(self, log: dict):
@@ -243,7 +243,7 @@ class Timers:
 
     def describe(self, total: float) -> str:
         names = {"ray_init": "Ray start", "start_app": "Serve app start + model load",
-                 "remove_leftovers": "leftovers check", "scan": "output scan", "write_plan": "listing + plan",
+                 "remove_leftovers": "leftovers check", "prune": "output prune", "scan": "output scan", "write_plan": "listing + plan",
                  "build_dataset": "Dataset build", "__exit__": "progress stop", "count_written": "count rows",
                  "summarize": "summary", "write_report": "report", "delete": "app delete"}
         parts = [f"{names[k]} {self.log[k]:.2f} s" for k in names if k in self.log]

@@ -1,30 +1,21 @@
 """What the output already holds, so a rerun answers only what is missing: resume and incremental runs.
 
 An item is answered for a task when the output has, for this model and prompt, either one row for each of
-its segments or its one item-level error row (the file could not be read or decoded). Scanning also prunes
-the output, each file rewritten at once: a second row for the same key (which only a crash between two
-steps of an earlier version, or two concurrent runs, could leave) and, on `--retry-failed`, error rows
-marked retryable, whose answers this run then makes again.
+its segments or its one item-level error row (the file could not be read or decoded). The scan only reads;
+removing superseded rows is a step of its own (pipeline.prune), run before it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
-import posixpath
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
-from pipeline.staging import commit_table
-from pipeline.storage import open_fs
+from pipeline.output import read_output
 
-logger = logging.getLogger(__name__)
-
-KEY = ("item_id", "segment_index", "task", "model", "prompt")
-COLUMNS = (*KEY, "segment_count", "error_class", "retryable")
+ASK = ["item_id", "task", "prompt"]
 
 
 def digest(*parts: object) -> bytes:
@@ -39,7 +30,6 @@ class Answered:
     done: set[bytes] = field(default_factory=set)  # digest(item, task, prompt)
     partial: set[bytes] = field(default_factory=set)  # digest(item, segment, task, prompt), of unfinished ones
     rows: int = 0  # rows of this model already in the output
-    pruned: int = 0  # rows removed from the output by this scan
 
     def complete(self, item_id: str, asks: Iterable[tuple[str, str]]) -> bool:
         """Whether every (task, prompt) asked of the item is answered in full."""
@@ -49,61 +39,19 @@ class Answered:
         return digest(item_id, segment_index, task, prompt) in self.partial
 
 
-def output_files(uri: str, storage: dict | None = None) -> list[str]:
-    """The Parquet files of the dataset at `uri`, as pyarrow reads them (no `_` or `.` names on the way)."""
-    fs, root = open_fs(uri, storage)
-    fs.invalidate_cache()  # workers wrote below here since this process last listed (s3fs caches folders)
-    if not fs.exists(root):
-        return []
-    files = []
-    for path in fs.find(root):
-        parts = posixpath.relpath(path, root).split("/")
-        if path.endswith(".parquet") and not any(p.startswith(("_", ".")) for p in parts):
-            files.append(path)
-    return sorted(files)
-
-
-def scan(uri: str, model: str, *, drop_retryable: bool = False, storage: dict | None = None) -> Answered:
-    """What `uri` answers with `model`; prunes as the module says."""
-    fs, root = open_fs(uri, storage)
-    answered = Answered()
-    seen: set[bytes] = set()
-    present: dict[tuple[str, str, str], set[int | None]] = defaultdict(set)  # (item, task, prompt) -> segments
-    counts: dict[tuple[str, str, str], int | None] = {}  # (item, task, prompt) -> segments of the item
-    for path in output_files(uri, storage):
-        with fs.open(path, "rb") as f:
-            keys = pq.read_table(f, columns=list(COLUMNS))
-        keep = []
-        for row in keys.to_pylist():
-            key = digest(*(row[k] for k in KEY))
-            drop = key in seen or (drop_retryable and row["error_class"] is not None and row["retryable"])
-            keep.append(not drop)
-            if drop:
-                continue
-            seen.add(key)
-            if row["model"] != model:
-                continue
-            answered.rows += 1
-            ask = (row["item_id"], row["task"], row["prompt"])
-            present[ask].add(row["segment_index"])
-            counts[ask] = row["segment_count"]
-        if not all(keep):
-            answered.pruned += keep.count(False)
-            _rewrite(fs, root, path, keep)
-    for (item, task, prompt), indices in present.items():
-        if None in indices or len(indices) == counts[(item, task, prompt)]:
-            answered.done.add(digest(item, task, prompt))
-        else:
-            answered.partial.update(digest(item, index, task, prompt) for index in indices)
-    if answered.pruned:
-        logger.info("removed %d superseded rows from %s", answered.pruned, uri)
-    return answered
-
-
-def _rewrite(fs, root: str, path: str, keep: list[bool]) -> None:
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f).filter(keep)
-    if table.num_rows:
-        commit_table(fs, root, table, posixpath.relpath(path, root))
-    else:
-        fs.rm(path)
+def scan(uri: str, model: str, storage: dict | None = None) -> Answered:
+    """What `uri` answers with `model`: one fingerprint per answered (item, task, prompt), not per row."""
+    rows = read_output(uri, [*ASK, "segment_index", "segment_count"], pc.field("model") == model, storage)
+    asks = rows.group_by(ASK, use_threads=False).aggregate([
+        ("segment_index", "count_distinct"), ("segment_index", "count", pc.CountOptions(mode="only_null")),
+        ("segment_count", "max")])
+    whole = pc.or_kleene(pc.greater(asks["segment_index_count"], 0),  # the item's one error row
+                   pc.equal(asks["segment_index_count_distinct"], asks["segment_count_max"]))
+    whole = pc.fill_null(whole, False)
+    done = asks.filter(whole)
+    unfinished = rows.join(asks.filter(pc.invert(whole)).select(ASK), ASK, join_type="inner")
+    return Answered(
+        done={digest(*key) for key in zip(*(done[c].to_pylist() for c in ASK))},
+        partial={digest(item, index, task, prompt) for item, index, task, prompt in zip(
+            *(unfinished[c].to_pylist() for c in ("item_id", "segment_index", "task", "prompt")))},
+        rows=rows.num_rows)

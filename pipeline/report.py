@@ -33,11 +33,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline.answered import output_files
 from pipeline.metrics import reasoning_tokens
-from pipeline.rows import OUTPUT_SCHEMA
+from pipeline.output import audio_seconds, read_output
 from pipeline.storage import full_uri, open_fs
 
 logger = logging.getLogger(__name__)
@@ -53,37 +51,9 @@ EXAMPLES = 3  # error examples kept per error class
 # ---- reading -------------------------------------------------------------------------------------------------
 
 def load_rows(uri: str, run_ids: list[str] | None = None, storage: dict | None = None) -> pa.Table:
-    """The output's rows (of `run_ids`, or all), file by file, with the texts replaced by their lengths.
-
-    Row groups whose `run_id` statistics rule the runs out are not read, so reporting one run of a large
-    output reads little more than footers."""
-    fs, _ = open_fs(uri, storage)
-    wanted = None if run_ids is None else pa.array(run_ids, pa.string())
-    parts = []
-    for path in output_files(uri, storage):
-        with fs.open(path, "rb") as f:
-            parquet = pq.ParquetFile(f)
-            groups = [i for i in range(parquet.metadata.num_row_groups)
-                      if run_ids is None or _may_hold(parquet.metadata.row_group(i), run_ids)]
-            if not groups:
-                continue
-            part = parquet.read_row_groups(groups, columns=COLUMNS)
-        if wanted is not None:
-            part = part.filter(pc.is_in(part["run_id"], wanted))
-        if part.num_rows:
-            parts.append(_lengths(part))
-    return pa.concat_tables(parts) if parts else _lengths(OUTPUT_SCHEMA.empty_table().select(COLUMNS))
-
-
-def _may_hold(group: pq.RowGroupMetaData, run_ids: list[str]) -> bool:
-    for i in range(group.num_columns):
-        column = group.column(i)
-        if column.path_in_schema == "run_id":
-            stats = column.statistics
-            if stats is None or not stats.has_min_max:
-                return True
-            return any(stats.min <= r <= stats.max for r in run_ids)
-    return True
+    """The output's rows (of `run_ids`, or all), with the texts replaced by their lengths."""
+    where = None if run_ids is None else pc.field("run_id").isin(run_ids)
+    return _lengths(read_output(uri, COLUMNS, where, storage))
 
 
 def _lengths(part: pa.Table) -> pa.Table:
@@ -180,14 +150,14 @@ def summarize(rows: pa.Table, facts: dict[str, dict], *, output_uri: str, run_id
     asked = rows.filter(pc.is_valid(rows["finish_reason"]))  # rows the model answered or failed
     answered = rows.filter(pc.is_null(rows["error_class"]))
     segments = _segments(rows)
-    audio_s = float(pc.sum(segments["duration_s_max"]).as_py() or 0.0)
+    audio_s = audio_seconds(rows)
     # Every run asked for, or else every run with rows or recorded facts (a run that found nothing new has none)
     runs = []
     for run_id in sorted(set(run_ids) if run_ids is not None else set(rows["run_id"].to_pylist()) | set(facts)):
         own = rows.filter(pc.equal(rows["run_id"], run_id))
         run_facts = facts.get(run_id)
         wall_s, estimated = _run_wall(run_id, rows, run_facts)
-        run_audio = float(pc.sum(_segments(own)["duration_s_max"]).as_py() or 0.0)
+        run_audio = audio_seconds(own)
         gpu_hours = None
         if run_facts:
             replicas = run_facts.get("mean_replicas") or run_facts.get("replicas_configured") or 0

@@ -17,17 +17,18 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import ray
 
 from contract.config import Config, ConfigError
 from contract.messages import ModelInfo
-from pipeline.answered import Answered, output_files, scan
+from pipeline.answered import Answered, scan
 from pipeline.infer import Infer
 from pipeline.manifest import read_manifest
+from pipeline.output import audio_seconds, read_output
 from pipeline.plan import Plan, remove_plan, write_plan
 from pipeline.prepare import prepare_batch
 from pipeline.progress import Progress
+from pipeline.prune import prune
 from pipeline.report import report_run, run_facts
 from pipeline.sink import ParquetSink
 from pipeline.sources import SourceFile, list_audio
@@ -112,16 +113,10 @@ def plan_dataset(config: Config, plan: Plan) -> ray.data.Dataset:
 
 def count_written(output_uri: str, run_id: str, storage: dict) -> tuple[int, int, float]:
     """Rows, error rows and audio seconds this run wrote, counted from the output itself."""
-    files = output_files(output_uri, storage)
-    if not files:
-        return 0, 0, 0.0
-    fs, _ = open_fs(output_uri, storage)
-    written = pads.dataset(files, filesystem=fs, format="parquet").to_table(
-        columns=["item_id", "segment_index", "duration_s", "error_class"], filter=pc.field("run_id") == run_id)
-    segments = written.group_by(["item_id", "segment_index"]).aggregate([("duration_s", "max")])
-    audio_s = pc.sum(segments["duration_s_max"]).as_py() or 0.0
+    written = read_output(output_uri, ["item_id", "segment_index", "duration_s", "error_class"],
+                          pc.field("run_id") == run_id, storage)
     errors = pc.count(written["error_class"]).as_py()  # counts the non-null ones
-    return written.num_rows, errors, audio_s
+    return written.num_rows, errors, audio_seconds(written)
 
 
 def sources(config: Config) -> Iterator[SourceFile]:
@@ -144,7 +139,8 @@ def run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], *,
     run_id = new_run_id()
     model, storage, output = config.engine.model_name, config.storage.model_dump(), config.output.uri
     remove_leftovers(output, storage)  # one run at a time per output: what is staged now is a dead run's
-    answered = scan(output, model, drop_retryable=retry_failed, storage=storage)
+    prune(output, drop_retryable=retry_failed, storage=storage)
+    answered = scan(output, model, storage)
     plan = write_plan(sources(config), answered, config.tasks, output, run_id, storage)
     try:
         if plan.listed == 0:
