@@ -7,6 +7,7 @@ and no engine or Ray code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +16,11 @@ from contract.config import SamplingConfig
 # Seconds: from a short Whisper item on a GPU to a long reasoning chain on a busy engine. The pipeline's and
 # the replicas' latency histograms share these buckets, so the two line up.
 LATENCY_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800]
+
+
+def error_fields(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
+    """An exception as the error fields that results and output rows share: the one mapping of the two."""
+    return {"error_class": type(exc).__name__, "error": str(exc) or type(exc).__name__, "retryable": retryable}
 
 
 @dataclass
@@ -53,13 +59,13 @@ class GenerationResult:
 
     @classmethod
     def failure(cls, request_id: str, exc: BaseException, *, retryable: bool) -> GenerationResult:
-        return cls(
-            request_id=request_id,
-            finish_reason="error",
-            error_class=type(exc).__name__,
-            error=str(exc) or type(exc).__name__,
-            retryable=retryable,
-        )
+        return cls(request_id=request_id, finish_reason="error", **error_fields(exc, retryable=retryable))
+
+    def error_fields(self) -> dict[str, Any]:
+        """Its error fields if it failed, else none (an answered row leaves them null)."""
+        if not self.error_class:
+            return {}
+        return {"error_class": self.error_class, "error": self.error, "retryable": self.retryable}
 
 
 @dataclass(frozen=True)

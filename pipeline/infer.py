@@ -43,15 +43,13 @@ def request_id(item_id: str, segment_index: int | None, task: str) -> str:
 
 
 def _result_columns(result: GenerationResult) -> dict[str, Any]:
-    columns = {
+    errors = result.error_fields()
+    return {
         "reasoning": result.reasoning, "answer": result.answer, "finish_reason": result.finish_reason,
         "truncated": result.truncated, "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens, "latency_s": result.latency_s,
+        **({"error_stage": "infer", **errors} if errors else {}),
     }
-    if result.error_class:
-        columns.update(error_stage="infer", error_class=result.error_class, error=result.error,
-                       retryable=result.retryable)
-    return columns
 
 
 class Infer:

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from contract.audio import SAMPLE_RATE, DecodeError, decode_with_info
 from contract.segment import segment
-from pipeline.rows import SEGMENT_SCHEMA, error_fields, table
+from pipeline.rows import SEGMENT_SCHEMA, error_columns, table
 from pipeline.storage import open_fs
 
 
@@ -48,21 +48,21 @@ def prepare_file(source: dict[str, Any], *, max_item_s: float, search_s: float, 
     if max_size_mb is not None and source["size"] > max_size_mb * 1e6:
         too_large = FileTooLarge(f"{source['source_uri']}: {source['size'] / 1e6:.1f} MB is over "
                                  f"input.max_size_mb={max_size_mb:g}")
-        return [{**base, **error_fields("read", too_large, retryable=False)}]
+        return [{**base, **error_columns("read", too_large, retryable=False)}]
     try:
         data = read_bytes(source["source_uri"], storage)
     except ReadError as e:
         # A vanished or forbidden file will not come back by retrying; a flaky store might.
         missing = isinstance(e.__cause__, (FileNotFoundError, PermissionError))
-        return [{**base, **error_fields("read", e, retryable=not missing)}]
+        return [{**base, **error_columns("read", e, retryable=not missing)}]
     try:
         audio, cut = decode_with_info(data, max_duration_s=max_duration_s)
     except DecodeError as e:
-        return [{**base, **error_fields("decode", DecodeError(f"{source['source_uri']}: {e}"), retryable=False)}]
+        return [{**base, **error_columns("decode", DecodeError(f"{source['source_uri']}: {e}"), retryable=False)}]
     if cut:
         # Answering only the start would pass for the whole file: say so instead, and let the user raise it.
         too_long = AudioTooLong(f"{source['source_uri']}: longer than audio.max_duration_s={max_duration_s:g} s")
-        return [{**base, **error_fields("decode", too_long, retryable=False)}]
+        return [{**base, **error_columns("decode", too_long, retryable=False)}]
     bounds = segment(audio, sample_rate=SAMPLE_RATE, max_s=max_item_s, search_s=search_s)
     return [{**base, "segment_index": index, "segment_count": len(bounds), "start_s": start / SAMPLE_RATE,
              "end_s": end / SAMPLE_RATE, "audio": np.ascontiguousarray(audio[start:end], np.float32).tobytes()}

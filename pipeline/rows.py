@@ -10,6 +10,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from contract.messages import error_fields
+
 SEGMENT_SCHEMA = pa.schema([
     ("item_id", pa.string()),
     ("source_uri", pa.string()),
@@ -55,10 +57,9 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 
 
-def error_fields(stage: str, exc: BaseException, *, retryable: bool) -> dict[str, Any]:
+def error_columns(stage: str, exc: BaseException, *, retryable: bool) -> dict[str, Any]:
     """The error columns for an exception raised at `stage`."""
-    return {"error_stage": stage, "error_class": type(exc).__name__, "error": str(exc) or type(exc).__name__,
-            "retryable": retryable}
+    return {"error_stage": stage, **error_fields(exc, retryable=retryable)}
 
 
 def table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
