@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from contract.audio import SAMPLE_RATE
 from contract.config import EngineConfig
-from contract.formats import ModelFormat
+from contract.formats import ModelFormat, get_format
 from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 
 
@@ -51,11 +51,12 @@ class Engine(abc.ABC):
 
     def __init__(self, config: EngineConfig):
         self.config = config
+        self._format = get_format(config.family)
 
     @property
-    @abc.abstractmethod
     def info(self) -> ModelInfo:
         """The model's name, family and longest audio item."""
+        return ModelInfo(self.config.model_name, self.config.family, self._format.max_item_s)
 
     @abc.abstractmethod
     async def generate(self, request: GenerationRequest) -> GenerationResult:

@@ -28,8 +28,7 @@ import numpy as np
 
 from contract.audio import SAMPLE_RATE
 from contract.config import EngineConfig
-from contract.formats import get_format
-from contract.messages import GenerationRequest, GenerationResult, ModelInfo
+from contract.messages import GenerationRequest, GenerationResult
 from deployments.engines.base import (Engine, RequestRejected, StreamDelta,
                                       check_item_length, checked_prefill)
 
@@ -74,7 +73,6 @@ class VLLMEngine(Engine):
             pass
         self._request_errors = tuple(request_errors)
         self._sampling_params = SamplingParams
-        self._format = get_format(config.family)
 
         # Blocks for the model load and warm-up (seconds on CPU, minutes for a 33B TP=4 model). Safe outside
         # a running event loop: AsyncLLM starts its output handler on the first request, on the loop that
@@ -92,10 +90,6 @@ class VLLMEngine(Engine):
             config.model_name, config.family, time.perf_counter() - started, self.max_model_len,
             self.max_items if self.max_items is not None else "unbounded",
         )
-
-    @property
-    def info(self) -> ModelInfo:
-        return ModelInfo(self.config.model_name, self.config.family, self._format.max_item_s)
 
     async def tokenizer(self) -> Any:
         """The engine's own tokenizer (`get_tokenizer` is async on vLLM 0.10, sync on 0.32)."""

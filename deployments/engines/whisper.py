@@ -10,9 +10,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from contract.config import EngineConfig
-from contract.formats import get_format
-from contract.messages import GenerationRequest, GenerationResult, ModelInfo
-from deployments.engines.base import Engine, RequestRejected
+from contract.messages import GenerationRequest, GenerationResult
+from deployments.engines.base import Engine, RequestRejected, check_item_length
 
 # Greedy, deterministic, one window at a time: items arrive already cut to at most 30 s.
 DEFAULT_TRANSCRIBE = {"beam_size": 1, "language": "en", "condition_on_previous_text": False,
@@ -31,19 +30,12 @@ class WhisperEngine(Engine):
         self._model = WhisperModel(model, **kwargs)
         # One thread per CTranslate2 worker: more would only queue inside the model.
         self._pool = ThreadPoolExecutor(max_workers=kwargs["num_workers"], thread_name_prefix="whisper")
-        self._format = get_format(config.family)
-
-    @property
-    def info(self) -> ModelInfo:
-        return ModelInfo(self.config.model_name, self.config.family, self._format.max_item_s)
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         if len(request.audio) != 1:
             raise RequestRejected(f"whisper takes exactly one audio item per request, got {len(request.audio)}")
         (audio,) = request.audio
-        seconds = len(audio) / 16000
-        if seconds > self._format.max_item_s:
-            raise RequestRejected(f"audio item of {seconds:.1f} s is over whisper's {self._format.max_item_s:.0f} s")
+        check_item_length(self._format, 0, len(audio))
         start = time.perf_counter()
         text, tokens = await asyncio.get_running_loop().run_in_executor(self._pool, self._transcribe, audio)
         parsed = self._format.split_output(text)
