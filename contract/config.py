@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from contract.times import parse_time
+
 AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "oga", "opus", "m4a", "aac", "webm", "mp4")
 
 
@@ -56,10 +58,9 @@ def since_time(text: str, now: datetime | None = None) -> datetime:
     if text[:-1].isdigit() and text[-1:] in units:
         return (now or datetime.now(timezone.utc)) - timedelta(**{units[text[-1]]: int(text[:-1])})
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_time(text)
     except ValueError:
         raise ValueError(f"{text!r} is neither an ISO date/time nor a duration like 36h or 7d") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 class StorageConfig(Base):

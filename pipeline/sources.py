@@ -17,6 +17,7 @@ from typing import Any
 import fsspec
 from fsspec.asyn import sync
 
+from contract.times import as_utc, parse_time
 from pipeline.storage import full_uri, open_fs
 
 
@@ -57,11 +58,11 @@ def modified(info: dict[str, Any]) -> datetime | None:
     for key in ("LastModified", "last_modified", "mtime", "updated", "created"):
         value = info.get(key)
         if isinstance(value, datetime):
-            return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+            return as_utc(value)
         if isinstance(value, (int, float)):
             return datetime.fromtimestamp(value, timezone.utc)
         if isinstance(value, str):
-            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return parse_time(value)
     return None
 
 
