@@ -21,6 +21,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from contract.config import TaskConfig, asks
 from contract.messages import GenerationRequest, GenerationResult
+from contract.retry import Backoff, retry
 from pipeline.answered import digest
 from pipeline.metrics import PipelineMetrics
 from pipeline.progress import segment_reports
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 # A replica that died or whose engine raised: the request may well succeed elsewhere.
 ENGINE_FAILURES = (RayActorError, ActorUnavailableError, RayTaskError)
-BACKOFF_S = 2.0  # a dead replica is replaced in about 10 s; new calls go to live ones meanwhile
+BACKOFF = Backoff(first_s=2.0)  # a dead replica is replaced in about 10 s; new calls go to live ones meanwhile
 
 
 class Quarantined(Exception):
@@ -109,16 +110,16 @@ class Infer:
         return out
 
     async def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return await self.handle.generate.remote(requests)
-            except ENGINE_FAILURES as e:
-                failure = e
-                logger.warning("batch of %d failed (attempt %d of %d): %s", len(requests), attempt,
-                               self.attempts, str(e).splitlines()[0])
-                await asyncio.sleep(BACKOFF_S * attempt)
-        if len(requests) > 1:
-            return [r for parts in await asyncio.gather(*(self._generate([r]) for r in requests)) for r in parts]
-        quarantined = Quarantined(f"failed {self.attempts} times alone, each time losing its replica or "
-                                  f"engine; last: {type(failure).__name__}: {str(failure).splitlines()[0]}")
-        return [GenerationResult.failure(requests[0].request_id, quarantined, retryable=False)]
+        def log(n: int, error: BaseException, pause: float) -> None:
+            logger.warning("batch of %d failed (attempt %d of %d): %s", len(requests), n, self.attempts,
+                           str(error).splitlines()[0])
+
+        try:
+            return await retry(lambda: self.handle.generate.remote(requests), tries=self.attempts, backoff=BACKOFF,
+                               retry_on=ENGINE_FAILURES, on_retry=log)
+        except ENGINE_FAILURES as failure:
+            if len(requests) > 1:
+                return [r for parts in await asyncio.gather(*(self._generate([r]) for r in requests)) for r in parts]
+            quarantined = Quarantined(f"failed {self.attempts} times alone, each time losing its replica or "
+                                      f"engine; last: {type(failure).__name__}: {str(failure).splitlines()[0]}")
+            return [GenerationResult.failure(requests[0].request_id, quarantined, retryable=False)]

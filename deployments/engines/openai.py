@@ -22,14 +22,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from contract.audio import wav_base64
 from contract.config import EngineConfig
-from contract.formats import assistant_prefills, get_format
-from contract.messages import GenerationRequest, GenerationResult, ModelInfo
+from contract.formats import assistant_prefills
+from contract.messages import GenerationRequest, GenerationResult
+from contract.retry import Backoff, TryAgain, retry
 from deployments.engines.base import (Engine, RequestFailed, RequestRejected,
                                       check_item_length, checked_prefill)
 
@@ -37,6 +38,14 @@ logger = logging.getLogger("ray.serve")
 
 MAX_BACKOFF_S = 60.0
 HEALTH_TIMEOUT_S = 5.0
+
+
+class Unreachable(TryAgain):
+    """The connection failed; the server may be restarting."""
+
+
+class Overloaded(TryAgain):
+    """429 or 5xx: the server is busy or failing for now."""
 
 
 class ServerUnavailable(RuntimeError):
@@ -50,7 +59,6 @@ class OpenAIEngine(Engine):
 
         self._httpx = httpx
         self._server = server = config.openai
-        self._format = get_format(config.family)
         self._prefills = assistant_prefills(self._format)
         self._model = server.model or config.model_name
         self._base_url = server.base_url.rstrip("/")
@@ -67,28 +75,23 @@ class OpenAIEngine(Engine):
         self._slots: asyncio.Semaphore | None = None
         self._check_model()
 
-    @property
-    def info(self) -> ModelInfo:
-        return ModelInfo(self.config.model_name, self.config.family, self._format.max_item_s)
-
     def _check_model(self) -> None:
         """Fail at start, with a message that says why, if the server is unreachable, refuses the key, or does not
         serve the model; retried like requests, since a server may still be starting."""
         url = f"{self._base_url}/models"
-        for attempt in range(self._server.max_retries + 1):
-            try:
-                response = self._httpx.get(url, headers=self._headers, timeout=self._timeout)
-            except self._httpx.TransportError as e:
-                if attempt == self._server.max_retries:
-                    raise ServerUnavailable(f"cannot reach {url}: {type(e).__name__}: {e}") from e
-                time.sleep(self._backoff(attempt, None))
-                continue
-            if response.status_code == 429 or response.status_code >= 500:
-                if attempt == self._server.max_retries:
-                    raise ServerUnavailable(f"{url} answered {response.status_code}: {_error_message(response)}")
-                time.sleep(self._backoff(attempt, response))
-                continue
-            break
+
+        async def get() -> Any:
+            async with self._httpx.AsyncClient(timeout=self._timeout, headers=self._headers) as client:
+                return self._answer(await self._attempt(client.get(url), url), url)
+
+        # The constructor is synchronous and may run on a thread that has an event loop: use a thread of its own.
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                response = pool.submit(asyncio.run, self._retrying(get, "model check")).result()
+        except Unreachable as e:
+            raise ServerUnavailable(f"cannot reach {url}: {e}") from e
+        except (Overloaded, RequestFailed) as e:
+            raise ServerUnavailable(str(e)) from e
         if response.status_code in (401, 403):
             raise ServerUnavailable(f"{url} refused the API key ({response.status_code}); check engine.openai."
                                     f"api_key_env ({self._server.api_key_env or 'unset'})")
@@ -159,46 +162,56 @@ class OpenAIEngine(Engine):
     async def _post(self, body: dict[str, Any], request_id: str) -> dict[str, Any]:
         client, slots = self._client_and_slots()
         url = f"{self._base_url}/chat/completions"
-        retries = self._server.max_retries
-        for attempt in range(retries + 1):
-            response = None
-            try:
-                async with slots:
-                    response = await client.post(url, json=body, headers={"X-Request-Id": request_id})
-            except (self._httpx.ConnectError, self._httpx.ConnectTimeout, self._httpx.RemoteProtocolError,
-                    self._httpx.ReadError, self._httpx.WriteError) as e:
-                problem = f"{type(e).__name__}: {e}"
-                if attempt == retries:
-                    raise ServerUnavailable(f"cannot reach {url} after {retries + 1} attempts: {problem}") from e
-            except self._httpx.TimeoutException as e:
-                raise RequestFailed(f"no answer from {url} within engine.openai.timeout_s="
-                                    f"{self._server.timeout_s} s ({type(e).__name__})") from None
-            else:
-                status = response.status_code
-                if status == 200:
-                    return response.json()
-                message = _error_message(response)
-                if status in (401, 403, 404):
-                    raise ServerUnavailable(f"{url} answered {status}: {message}")
-                if status != 429 and status < 500:
-                    raise RequestRejected(f"server refused the request ({status}): {message}")
-                problem = f"{status}: {message}"
-                if attempt == retries:
-                    raise RequestFailed(f"{url} answered {problem} after {retries + 1} attempts")
-            delay = self._backoff(attempt, response)
-            logger.warning("openai engine: request %s got %s; retry %d/%d in %.1f s",
-                           request_id, problem, attempt + 1, retries, delay)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
-    def _backoff(self, attempt: int, response: Any) -> float:
-        if response is not None:
+        async def post() -> Any:
+            async with slots:
+                response = self._answer(await self._attempt(
+                    client.post(url, json=body, headers={"X-Request-Id": request_id}), url), url)
+            if response.status_code == 200:
+                return response.json()
+            message = _error_message(response)
+            if response.status_code in (401, 403, 404):
+                raise ServerUnavailable(f"{url} answered {response.status_code}: {message}")
+            raise RequestRejected(f"server refused the request ({response.status_code}): {message}")
+
+        try:
+            return await self._retrying(post, f"request {request_id}")
+        except Unreachable as e:
+            raise ServerUnavailable(f"cannot reach {url} after {self._server.max_retries + 1} attempts: {e}") from e
+        except Overloaded as e:
+            raise RequestFailed(f"{e} after {self._server.max_retries + 1} attempts") from None
+
+    async def _attempt(self, sent: Any, url: str) -> Any:
+        """The response to one try; Unreachable if the connection failed, RequestFailed if no answer in time."""
+        try:
+            return await sent
+        except (self._httpx.ConnectError, self._httpx.ConnectTimeout, self._httpx.RemoteProtocolError,
+                self._httpx.ReadError, self._httpx.WriteError) as e:
+            raise Unreachable(f"{type(e).__name__}: {e}") from e
+        except self._httpx.TimeoutException as e:
+            raise RequestFailed(f"no answer from {url} within engine.openai.timeout_s={self._server.timeout_s} s "
+                                f"({type(e).__name__})") from None
+
+    @staticmethod
+    def _answer(response: Any, url: str) -> Any:
+        """The response, or Overloaded for a 429 or 5xx that a later try may not get."""
+        status = response.status_code
+        if status == 429 or status >= 500:
             try:
-                return min(max(float(response.headers.get("retry-after", "")), 0.0), MAX_BACKOFF_S)
+                asked = float(response.headers.get("retry-after", ""))
             except ValueError:
-                pass
-        delay = min(self._server.backoff_s * 2 ** attempt, MAX_BACKOFF_S)
-        return delay * (0.5 + random.random() / 2)  # jitter: callers that failed together don't retry together
+                asked = None
+            raise Overloaded(f"{url} answered {status}: {_error_message(response)}", asked)
+        return response
+
+    async def _retrying(self, call: Any, what: str) -> Any:
+        """`call` with the configured retries (engine.openai.max_retries, backoff_s)."""
+        tries = self._server.max_retries + 1
+
+        def log(n: int, error: BaseException, pause: float) -> None:
+            logger.warning("openai engine: %s: %s; retry %d/%d in %.1f s", what, error, n, tries - 1, pause)
+
+        return await retry(call, tries=tries, backoff=Backoff(self._server.backoff_s, MAX_BACKOFF_S), on_retry=log)
 
     def _result(self, request: GenerationRequest, mode: str, data: dict[str, Any],
                 started: float) -> GenerationResult:

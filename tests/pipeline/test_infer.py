@@ -13,6 +13,7 @@ from ray.exceptions import ActorDiedError
 
 import pipeline.infer
 from contract.messages import GenerationResult
+from contract.retry import Backoff
 from pipeline.answered import digest
 from pipeline.infer import Infer
 from pipeline.rows import SEGMENT_SCHEMA
@@ -51,7 +52,7 @@ def items(*ids) -> pa.Table:
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
-    monkeypatch.setattr(pipeline.infer, "BACKOFF_S", 0.0)
+    monkeypatch.setattr(pipeline.infer, "BACKOFF", Backoff(first_s=0.0))
 
 
 def test_poison_item_is_quarantined_and_the_rest_answered():
