@@ -20,7 +20,11 @@ Decoders, in the order they are tried
 3. libsndfile (``soundfile``) as a fallback for the few formats FFmpeg cannot
    open (MAT4/MAT5, MPC2K, HTK, WVE, XI).
 
-Every path writes channel-averaged samples into one preallocated mono buffer
+Each decoder has one interface: it returns the audio or raises
+:class:`DecodeError` saying why it could not; the chain tries them in order
+and, when none can, raises one DecodeError that names every decoder's reason.
+
+Every path writes channel-averaged samples (one downmix, :func:`_downmix`) into one preallocated mono buffer
 (peak memory is about the mono signal plus one block), and stops decoding as
 soon as ``max_duration_s`` is reached.  A header that claims far more samples
 than the file holds (truncated download, lying FLAC STREAMINFO or MP4
@@ -129,15 +133,7 @@ def decode_with_info(
     # context as in a full decode: the first max_duration_s seconds then come
     # out exactly as they would without the limit.
     decode_limit = None if max_duration_s is None else max_duration_s + _RESAMPLE_CONTEXT_S
-    result = _decode_wav_fast(data, decode_limit)
-    if result is None:
-        try:
-            result = _decode_av(data, decode_limit)
-        except DecodeError as av_error:
-            result = _decode_soundfile(data, decode_limit)
-            if result is None:
-                raise av_error from None
-    segments, more_after_limit, maybe_nonfinite = result
+    segments, more_after_limit, maybe_nonfinite = _decode_any(data, decode_limit)
 
     out = _to_target_rate(segments)
     if out.size == 0:
@@ -165,6 +161,17 @@ def duration_s(audio: np.ndarray) -> float:
 # --------------------------------------------------------------------------
 # internals
 # --------------------------------------------------------------------------
+
+
+def _decode_any(data, max_duration_s):
+    """The first decoder's result; DecodeError naming why each one failed if none can decode ``data``."""
+    reasons = []
+    for name, decoder in _DECODERS:
+        try:
+            return decoder(data, max_duration_s)
+        except DecodeError as e:
+            reasons.append(f"{name}: {e}")
+    raise DecodeError("unsupported or corrupt audio: " + "; ".join(reasons))
 
 
 class _MonoBuffer:
@@ -200,6 +207,9 @@ class _MonoBuffer:
         self._seg_start = self.pos
 
     def finish(self) -> list[tuple[int, np.ndarray]]:
+        """The samples by rate; DecodeError if there are none."""
+        if self.pos == 0:
+            raise DecodeError("no audio samples")
         self._close_segment()
         return [(rate, self.buf[a:b]) for rate, a, b in self.segments]
 
@@ -238,15 +248,15 @@ def _max_frames(max_duration_s: float | None, rate: int) -> int | None:
 
 
 def _decode_soundfile(data, max_duration_s):
-    """Decode with libsndfile; None if libsndfile cannot open the data."""
+    """Decode with libsndfile."""
     try:
         f = sf.SoundFile(io.BytesIO(data))
-    except Exception:  # LibsndfileError, RuntimeError, TypeError, ...
-        return None
+    except Exception as e:  # LibsndfileError, RuntimeError, TypeError, ...
+        raise DecodeError(getattr(e, "error_string", None) or str(e) or type(e).__name__) from None
     with f:
         rate, channels = f.samplerate, f.channels
         if rate <= 0 or channels <= 0:
-            return None
+            raise DecodeError(f"no audio ({channels} channels at {rate} Hz)")
         nonfinite = f.subtype in _SF_FLOAT_SUBTYPES
         limit = _max_frames(max_duration_s, rate)
         # libsndfile never returns more than f.frames frames, so that (or one
@@ -277,17 +287,15 @@ def _decode_soundfile(data, max_duration_s):
                     truncated = True
                 if n > 0:
                     if block is not None:
-                        _downmix_into(got[:n], mono.reserve(n, rate))
+                        _downmix([got[:n, c] for c in range(channels)], mono.reserve(n, rate))
                     mono.commit(n)
                     total += n
                 if truncated or len(got) < want:
                     break
         except sf.LibsndfileError as e:
             if mono.pos == 0:
-                raise DecodeError(f"unsupported or corrupt audio: {e}") from None
+                raise DecodeError(str(e)) from None
             # A read error part-way through: keep what was decoded.
-    if mono.pos == 0:
-        return None
     return mono.finish(), truncated, nonfinite
 
 
@@ -309,13 +317,13 @@ def _decode_wav_fast(data, max_duration_s):
 
     The samples are used in place (no decoding, no virtual file I/O), which
     makes this several times faster than any decoder library for the most
-    common input.  Returns None for anything else (24-bit, mu-law, RF64, odd
-    headers, ...), which then goes to FFmpeg.
+    common input.  Anything else (24-bit, mu-law, RF64, odd headers, ...) is
+    a DecodeError here and goes to FFmpeg.
     """
     mv = memoryview(data).cast("B") if not isinstance(data, bytes) else data
     size = len(mv)
     if size < 44 or mv[0:4] != b"RIFF" or mv[8:12] != b"WAVE":
-        return None
+        raise DecodeError("not a RIFF/WAVE file")
     pos = 12
     fmt = None
     while pos + 8 <= size:
@@ -324,71 +332,66 @@ def _decode_wav_fast(data, max_duration_s):
         body = pos + 8
         if cid == b"fmt ":
             if clen < 16 or body + clen > size:
-                return None
+                raise DecodeError("bad fmt chunk")
             tag = int.from_bytes(mv[body : body + 2], "little")
             channels = int.from_bytes(mv[body + 2 : body + 4], "little")
             rate = int.from_bytes(mv[body + 4 : body + 8], "little")
             align = int.from_bytes(mv[body + 12 : body + 14], "little")
             bits = int.from_bytes(mv[body + 14 : body + 16], "little")
             if tag == _WAVE_EXTENSIBLE:
-                if clen < 40:
-                    return None
-                valid_bits = int.from_bytes(mv[body + 18 : body + 20], "little")
+                valid_bits = int.from_bytes(mv[body + 18 : body + 20], "little") if clen >= 40 else -1
                 if valid_bits not in (0, bits):
-                    return None
+                    raise DecodeError("extensible format with padded or unreadable samples")
                 tag = int.from_bytes(mv[body + 24 : body + 26], "little")
             fmt = (tag, channels, rate, align, bits)
         elif cid == b"data":
             if fmt is None:
-                return None
+                raise DecodeError("data before the fmt chunk")
             tag, channels, rate, align, bits = fmt
             spec = _WAV_DTYPES.get((tag, bits))
             if spec is None or channels < 1 or rate < 1 or align != channels * bits // 8:
-                return None
+                raise DecodeError(f"not 8/16/32-bit PCM or float (format {tag:#x}, {bits} bits)")
             dtype, offset, scale = spec
             # The declared length may exceed the file (truncated download,
             # streaming writer using 0xFFFFFFFF): use what is really there.
             nframes = min(clen, size - body) // align
             if nframes == 0:
-                return None
+                raise DecodeError("no audio samples")
             truncated = False
             limit = _max_frames(max_duration_s, rate)
             if limit is not None and nframes > limit:
                 nframes = limit
                 truncated = True
-            x = np.frombuffer(mv, dtype=dtype, count=nframes * channels, offset=body)
+            x = np.frombuffer(mv, dtype=dtype, count=nframes * channels, offset=body).reshape(nframes, channels)
             out = np.empty(nframes, dtype=np.float32)
-            if channels == 1:
-                if scale == 1.0:
-                    out[:] = x
-                else:
-                    np.multiply(x, np.float32(1.0 / scale), out=out, dtype=np.float32)
-            else:
-                x = x.reshape(nframes, channels)
-                np.add(x[:, 0], x[:, 1], out=out, dtype=np.float32)
-                for c in range(2, channels):
-                    np.add(out, x[:, c], out=out, dtype=np.float32)
-                out *= np.float32(1.0 / (scale * channels))
-            if offset:
-                out -= np.float32(offset / scale)
+            _downmix([x[:, c] for c in range(channels)], out, scale, offset)
             return [(rate, out)], truncated, tag == _WAVE_FLOAT
         pos = body + clen + (clen & 1)
-    return None
+    raise DecodeError("no data chunk")
 
 
-def _downmix_into(x: np.ndarray, dst: np.ndarray) -> None:
-    """Average the columns of a (frames, channels) float32 block into dst."""
-    ch = x.shape[1]
-    if ch == 1:
-        dst[:] = x[:, 0]
-    elif ch == 2:
-        np.add(x[:, 0], x[:, 1], out=dst)
-        dst *= np.float32(0.5)
+def _downmix(channels: list[np.ndarray], dst: np.ndarray, scale: float = 1.0, offset: float = 0.0) -> None:
+    """Average ``channels`` (equal-length arrays of any numeric type whose
+    samples map to (value - offset) / scale) into the float32 array ``dst``.
+
+    Called once per decoded block (often only ~1000 samples), so it keeps
+    the number of numpy calls small: the scaling is folded into one multiply.
+    """
+    factor = 1.0 / (scale * len(channels))
+    first, rest = channels[0], channels[1:]
+    if not rest:
+        if factor == 1.0:
+            dst[:] = first
+        else:
+            np.multiply(first, np.float32(factor), out=dst, dtype=np.float32)
     else:
-        np.add(x[:, 0], x[:, 1], out=dst)
-        for c in range(2, ch):
-            dst += x[:, c]
-        dst *= np.float32(1.0 / ch)
+        np.add(first, rest[0], out=dst, dtype=np.float32)
+        for c in rest[1:]:
+            np.add(dst, c, out=dst, dtype=np.float32)
+        if factor != 1.0:
+            dst *= np.float32(factor)
+    if offset:
+        dst -= np.float32(offset / scale)
 
 
 # PyAV sample format -> (numpy dtype, planar, offset, full scale).  Samples map
@@ -414,9 +417,9 @@ def _decode_av(data, max_duration_s):
     try:
         container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
     except av.FFmpegError as e:
-        raise DecodeError(f"unsupported or corrupt audio: {_av_msg(e)}") from None
+        raise DecodeError(_av_msg(e)) from None
     except Exception as e:  # pragma: no cover - defensive
-        raise DecodeError(f"unsupported or corrupt audio: {e}") from None
+        raise DecodeError(str(e)) from None
 
     with container:
         streams = [s for s in container.streams.audio if s.codec_context is not None]
@@ -481,59 +484,35 @@ def _decode_av(data, max_duration_s):
                     break
         except av.FFmpegError as e:
             if mono.pos == 0:
-                raise DecodeError(f"unsupported or corrupt audio: {_av_msg(e)}") from None
+                raise DecodeError(_av_msg(e)) from None
             # An error after some audio was decoded (e.g. a truncated file):
             # keep what was decoded, as for truncated WAV/FLAC.
-        if mono.pos == 0:
-            raise DecodeError("no audio samples")
     return mono.finish(), truncated, nonfinite
 
 
 def _frame_into(frame, n: int, dst: np.ndarray) -> None:
-    """Write the first n samples of an AudioFrame, channel-averaged, to dst.
-
-    Called once per decoded frame (often only ~1000 samples), so it keeps
-    the number of numpy calls small.
-    """
+    """Write the first n samples of an AudioFrame, channel-averaged, to dst."""
     name = frame.format.name
     try:
         dtype, planar, offset, scale = _AV_FORMATS[name]
     except KeyError:
-        raise DecodeError(f"unsupported or corrupt audio: sample format {name!r}") from None
+        raise DecodeError(f"sample format {name!r}") from None
     ch = frame.layout.nb_channels
-    planes = frame.planes
     if planar:
-        first = np.frombuffer(planes[0], dtype=dtype, count=n)
-        if ch == 1:
-            chans = None
-        else:
-            chans = [np.frombuffer(p, dtype=dtype, count=n) for p in planes[1:ch]]
+        channels = [np.frombuffer(p, dtype=dtype, count=n) for p in frame.planes[:ch]]
     else:
-        x = np.frombuffer(planes[0], dtype=dtype, count=n * ch)
-        if ch == 1:
-            first, chans = x, None
-        else:
-            x = x.reshape(n, ch)
-            first, chans = x[:, 0], [x[:, c] for c in range(1, ch)]
-    factor = 1.0 / (scale * ch)
-    if chans is None:
-        if factor == 1.0:
-            dst[:] = first
-        else:
-            np.multiply(first, np.float32(factor), out=dst, dtype=np.float32)
-    else:
-        np.add(first, chans[0], out=dst, dtype=np.float32)
-        for c in chans[1:]:
-            np.add(dst, c, out=dst, dtype=np.float32)
-        if factor != 1.0:
-            dst *= np.float32(factor)
-    if offset:
-        dst -= np.float32(offset / scale)
+        x = np.frombuffer(frame.planes[0], dtype=dtype, count=n * ch).reshape(n, ch)
+        channels = [x[:, c] for c in range(ch)]
+    _downmix(channels, dst, scale, offset)
 
 
 def _av_msg(e: Exception) -> str:
     msg = getattr(e, "strerror", None) or str(e)
     return str(msg)
+
+
+# In the order they are tried: the cheapest first, the broadest next, the rarest last.
+_DECODERS = (("wav", _decode_wav_fast), ("ffmpeg", _decode_av), ("libsndfile", _decode_soundfile))
 
 
 def wav_base64(audio: np.ndarray) -> str:

@@ -550,19 +550,31 @@ def test_max_duration_bounds_memory():
 
 def test_decoder_routing():
     """Plain PCM WAV takes the numpy path, other WAVs go to a decoder, and
-    formats FFmpeg cannot open fall back to libsndfile."""
+    formats FFmpeg cannot open fall back to libsndfile. Every decoder returns
+    audio or raises DecodeError saying why not."""
     from contract import audio
 
     x = tone(22050, 0.5)
     for subtype in ("PCM_U8", "PCM_16", "PCM_32", "FLOAT", "DOUBLE"):
         assert audio._decode_wav_fast(sf_bytes(x, 22050, subtype=subtype), None) is not None
     for fmt, subtype in (("WAV", "PCM_24"), ("WAV", "ULAW"), ("FLAC", "PCM_16")):
-        assert audio._decode_wav_fast(sf_bytes(x, 22050, fmt=fmt, subtype=subtype), None) is None
+        with pytest.raises(DecodeError):
+            audio._decode_wav_fast(sf_bytes(x, 22050, fmt=fmt, subtype=subtype), None)
     mat5 = sf_bytes(x, 22050, fmt="MAT5", subtype="PCM_16")
     with pytest.raises(DecodeError):
         audio._decode_av(mat5, None)
     assert audio._decode_soundfile(mat5, None) is not None
     check_tone(decode(mat5), 0.5, amp_tol=1e-3)
+
+
+def test_when_no_decoder_can_the_error_says_why_each_failed():
+    with pytest.raises(DecodeError) as caught:
+        decode(b"<html><body>404 Not Found</body></html>")
+    message = str(caught.value)
+    assert message.startswith("unsupported or corrupt audio: ")
+    reasons = dict(part.split(": ", 1) for part in message.removeprefix("unsupported or corrupt audio: ").split("; "))
+    assert list(reasons) == ["wav", "ffmpeg", "libsndfile"]
+    assert reasons["wav"] == "not a RIFF/WAVE file" and all(reasons.values())
 
 
 def test_duration_s():
