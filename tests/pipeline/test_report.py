@@ -157,3 +157,10 @@ def test_reasoning_lengths_and_estimated_tokens_and_a_run_without_facts(tmp_path
     plots = images(page)
     assert "Reasoning length" in plots and data_pixels(plots["Reasoning length"]) > 300
     assert "Errors" not in plots and "No errors." in page
+
+
+def test_an_output_without_rows_still_renders_from_the_template(tmp_path):
+    report, page = build(str(tmp_path / "empty"))
+    assert report["counts"]["rows"] == 0 and report["runs"] == [] and report["latency_s"]["count"] == 0
+    assert "<h1>0 runs</h1>" in page and "No rows to plot." in page and "No errors." in page
+    assert not images(page)
