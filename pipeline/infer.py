@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 
 # A replica that died or whose engine raised: the request may well succeed elsewhere.
 ENGINE_FAILURES = (RayActorError, ActorUnavailableError, RayTaskError)
-BACKOFF = Backoff(first_s=2.0)  # a dead replica is replaced in about 10 s; new calls go to live ones meanwhile
+# A dead replica is replaced in about 10 s (new calls go to live ones meanwhile): with 3 attempts a batch waits
+# 6-12 s in all before it is split, as long as the replacement takes.
+BACKOFF = Backoff(first_s=4.0)
 
 
 class Quarantined(Exception):
