@@ -243,7 +243,8 @@ class Timers:
 
     def describe(self, total: float) -> str:
         names = {"ray_init": "Ray start", "start_app": "Serve app start + model load",
-                 "remove_leftovers": "leftovers check", "prune": "output prune", "scan": "output scan", "write_plan": "listing + plan",
+                 "remove_leftovers": "leftovers check", "prune": "output prune", "scan": "output scan",
+                 "write_plan": "listing + plan",
                  "build_dataset": "Dataset build", "__exit__": "progress stop", "count_written": "count rows",
                  "summarize": "summary", "write_report": "report", "delete": "app delete"}
         parts = [f"{names[k]} {self.log[k]:.2f} s" for k in names if k in self.log]
