@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from contract.answers import answer_schema
 from contract.times import parse_time
 
 AUDIO_EXTENSIONS = ("wav", "flac", "mp3", "ogg", "oga", "opus", "m4a", "aac", "webm", "mp4")
@@ -109,6 +110,22 @@ class TaskConfig(Base):
         "think", description="How the answer starts: think (model reasons), forced (`<think>\\nOkay,`), off."
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling settings.")
+    answer: dict[str, Any] | list[str] | None = Field(
+        None, description="The answer's shape: a JSON Schema, or a list of labels (the answer is one of them). The "
+        "model reasons freely, then answers under it; an answer that does not hold to it is an AnswerInvalid row."
+    )
+
+    @field_validator("answer")
+    @classmethod
+    def _answer_is_a_schema(cls, value: dict[str, Any] | list[str] | None) -> dict[str, Any] | list[str] | None:
+        if value is not None:
+            answer_schema(value)
+        return value
+
+    @property
+    def answer_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema every answer of this task holds to, or None for free text."""
+        return answer_schema(self.answer) if self.answer is not None else None
 
 
 class OpenAIServerConfig(Base):
@@ -258,6 +275,11 @@ class Config(Base):
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
+        if self.engine.kind == "whisper":
+            shaped = [f"tasks[{i}] ({t.name})" for i, t in enumerate(self.tasks) if t.answer is not None]
+            if shaped:
+                raise ValueError(f"{', '.join(shaped)}: answer needs an engine that answers questions; whisper "
+                                 "only transcribes (use engine.kind vllm or openai, or drop answer)")
         return self
 
 

@@ -33,6 +33,7 @@ class GenerationRequest:
     system: str | None = None
     prefill: str = "think"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    answer_schema: dict[str, Any] | None = None  # the answer must be JSON holding to it (contract.answers)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator
@@ -12,8 +13,9 @@ from typing import Any
 
 from ray import serve
 
+from contract.answers import AnswerInvalid, canonical, check_answer
 from contract.config import EngineConfig, HTTPConfig
-from contract.messages import GenerationRequest, GenerationResult, ModelInfo
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo, error_fields
 from deployments.engines import create_engine
 from deployments.engines.base import RequestFailed, RequestRejected, StreamDelta
 from deployments.metrics import ReplicaMetrics
@@ -55,6 +57,20 @@ class ProgressWatch:
         if self.in_flight and idle > self.stall_s:
             raise EngineStalled(f"{self.in_flight} requests in flight and none finished for {idle:.0f} s "
                                 f"(deployment.stall_timeout_s={self.stall_s:g})")
+
+
+def held_to_schema(request: GenerationRequest, result: GenerationResult) -> GenerationResult:
+    """The result with its answer as canonical JSON, or for an answer that does not hold to the request's schema, a
+    retryable AnswerInvalid failure that keeps the reasoning and the answer (to see why). Every engine's answers
+    pass here, whatever the engine did to constrain them. No answer at all (truncated reasoning) is not judged:
+    it stays what it was."""
+    if request.answer_schema is None or result.error_class or result.answer is None:
+        return result
+    try:
+        value = check_answer(request.answer_schema, result.answer)
+    except AnswerInvalid as e:
+        return dataclasses.replace(result, **error_fields(e, retryable=True))
+    return dataclasses.replace(result, answer=canonical(value))
 
 
 @serve.ingress()  # the ASGI app is built per replica, after __init__: __serve_build_asgi_app__
@@ -103,9 +119,10 @@ class EngineServer:
         """A result, failed if the request cannot be answered; raises only if the engine itself is in trouble."""
         try:
             with self.watch.request():
-                return await asyncio.wait_for(self.engine.generate(request), self.request_timeout_s)
+                result = await asyncio.wait_for(self.engine.generate(request), self.request_timeout_s)
         except UNANSWERABLE as e:
             return self._failure(request, e)
+        return held_to_schema(request, result)
 
     async def _stream_one(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         """The engine's pieces of one answer; a request that cannot be answered ends with a failed result, as
@@ -123,6 +140,8 @@ class EngineServer:
                     except UNANSWERABLE as e:
                         yield StreamDelta("", self._failure(request, e))
                         return
+                    if piece.result is not None:
+                        piece = dataclasses.replace(piece, result=held_to_schema(request, piece.result))
                     yield piece
             finally:
                 await pieces.aclose()

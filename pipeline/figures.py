@@ -7,6 +7,8 @@ so the field appears there by itself.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -15,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from contract.answers import MAX_LABELS, labelled_fields
 from pipeline.output import audio_seconds
 
 EXAMPLES = 3  # error examples kept per error class
@@ -146,6 +149,8 @@ class Figures:
     errors: Errors
     cost: Cost
     runs: list[Run]
+    # task -> labelled field ("" for a label answer) -> value -> answered rows, for tasks with an answer schema
+    labels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     generated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,8 +164,9 @@ def segments(rows: pa.Table) -> pa.Table:
 
 
 def summarize(rows: pa.Table, facts: dict[str, dict], *, output_uri: str, run_ids: list[str] | None = None,
-              gpu_hour_price: float | None = None) -> Figures:
-    """The report's figures, from the rows (`report.load_rows`) and the runs' recorded facts."""
+              gpu_hour_price: float | None = None, answers: pa.Table | None = None) -> Figures:
+    """The report's figures, from the rows (`report.load_rows`) and the runs' recorded facts; `answers` (task,
+    answer) of the tasks with an answer schema give the label tallies."""
     errors = rows.filter(pc.is_valid(rows["error_class"]))
     asked = rows.filter(pc.is_valid(rows["finish_reason"]))
     answered = rows.filter(pc.is_null(rows["error_class"]))
@@ -200,7 +206,39 @@ def summarize(rows: pa.Table, facts: dict[str, dict], *, output_uri: str, run_id
         errors=Errors(total=errors.num_rows, by_class=_error_classes(errors)),
         cost=cost,
         runs=runs,
+        labels=label_tallies(answers, answer_schemas(facts)) if answers is not None else {},
     )
+
+
+def answer_schemas(facts: dict[str, dict]) -> dict[str, dict]:
+    """Each task's answer schema as the runs recorded it (a later run's wins)."""
+    schemas: dict[str, dict] = {}
+    for run_id in sorted(facts):
+        schemas.update(facts[run_id].get("answers") or {})
+    return schemas
+
+
+def label_tallies(answers: pa.Table, schemas: dict[str, dict]) -> dict[str, dict[str, dict[str, int]]]:
+    """How often each value of each labelled field was answered, per task (at most MAX_LABELS values a field,
+    most frequent first; values written as JSON, so `true`, `"angry"`)."""
+    tallies: dict[str, dict[str, dict[str, int]]] = {}
+    for task, schema in sorted(schemas.items()):
+        fields = labelled_fields(schema)
+        if not fields:
+            continue
+        counts: dict[str, Counter] = {name: Counter() for name in fields}
+        for text in answers.filter(pc.equal(answers["task"], task))["answer"].to_pylist():
+            try:
+                value = json.loads(text)
+            except (TypeError, json.JSONDecodeError):
+                continue
+            for name in fields:
+                if name == "":
+                    counts[name][json.dumps(value)] += 1
+                elif isinstance(value, dict) and name in value:
+                    counts[name][json.dumps(value[name])] += 1
+        tallies[task] = {name: dict(c.most_common(MAX_LABELS)) for name, c in counts.items()}
+    return tallies
 
 
 def _per(amount: float, over: float) -> float | None:

@@ -71,6 +71,7 @@ class Infer:
                  skip: set[bytes] = frozenset(), attempts: int = 3, progress: Any = None):
         self.handle = handle
         self.tasks = [TaskConfig.model_validate(t) for t in tasks]
+        self.schemas = {t.name: t.answer_schema for t in self.tasks}
         self.common = {"model": model, "run_id": run_id}
         self.skip = skip
         self.attempts = attempts
@@ -96,7 +97,7 @@ class Infer:
                 requests.append(GenerationRequest(
                     request_id=request_id(item["item_id"], item["segment_index"], task.name),
                     audio=[np.frombuffer(audio, dtype=np.float32)], question=task.question, system=task.system,
-                    prefill=task.prefill, sampling=task.sampling,
+                    prefill=task.prefill, sampling=task.sampling, answer_schema=self.schemas.get(task.name),
                 ))
         if requests:
             with self.metrics.calling(len(requests)):

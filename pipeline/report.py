@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.figures import Figures, segments, summarize
+from pipeline.figures import Figures, answer_schemas, segments, summarize
 from pipeline.metrics import reasoning_tokens
 from pipeline.output import read_output
 from pipeline.storage import full_uri, open_fs
@@ -58,6 +58,17 @@ def load_rows(uri: str, run_ids: list[str] | None = None, storage: dict | None =
     """The output's rows (of `run_ids`, or all), with the texts replaced by their lengths."""
     where = None if run_ids is None else pc.field("run_id").isin(run_ids)
     return _lengths(read_output(uri, COLUMNS, where, storage))
+
+
+def load_answers(uri: str, run_ids: list[str] | None, schemas: dict[str, dict],
+                 storage: dict | None = None) -> pa.Table | None:
+    """The answers (task, answer) of the tasks that have an answer schema, for their label tallies."""
+    if not schemas:
+        return None
+    where = pc.field("task").isin(list(schemas)) & pc.field("error_class").is_null()
+    if run_ids is not None:
+        where &= pc.field("run_id").isin(run_ids)
+    return read_output(uri, ["task", "answer"], where, storage)
 
 
 def _lengths(part: pa.Table) -> pa.Table:
@@ -209,7 +220,8 @@ def build(uri: str, run_ids: list[str] | None = None, *, storage: dict | None = 
     """(report.json's content, report.html) for `run_ids` (default: every run) of the output at `uri`."""
     facts = read_run_facts(uri, run_ids, storage)
     rows = load_rows(uri, run_ids, storage)
-    figures = summarize(rows, facts, output_uri=uri, run_ids=run_ids, gpu_hour_price=gpu_hour_price)
+    figures = summarize(rows, facts, output_uri=uri, run_ids=run_ids, gpu_hour_price=gpu_hour_price,
+                        answers=load_answers(uri, run_ids, answer_schemas(facts), storage))
     return figures.to_dict(), render_html(figures, plots(rows, figures, facts))
 
 
@@ -243,6 +255,7 @@ def run_facts(config, *, run_id: str, started_at: datetime, wall_s: float, files
         "files_todo": files_todo, "files_skipped": files_listed - files_todo,
         "input_uri": config.input.uri, "output_uri": config.output.uri, "model": config.engine.model_name,
         "tasks": [t.name for t in config.tasks], "app_name": d.app_name,
+        "answers": {t.name: t.answer_schema for t in config.tasks if t.answer is not None},
         "replicas_configured": d.autoscaling.max_replicas if d.autoscaling else d.num_replicas,
         "mean_replicas": mean_replicas, "gpus_per_replica": d.gpus_per_replica,
         "gpu_hour_price": config.report.gpu_hour_price, "currency": config.report.currency,

@@ -136,6 +136,9 @@ class OpenAIEngine(Engine):
         }
         if s.seed is not None:
             body["seed"] = s.seed
+        if request.answer_schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "answer", "schema": request.answer_schema, "strict": True}}
         if fmt.stop_token_ids:
             body["stop_token_ids"] = list(fmt.stop_token_ids)
         if fmt.stop:

@@ -28,6 +28,7 @@ import numpy as np
 
 from contract.audio import SAMPLE_RATE
 from contract.config import EngineConfig
+from contract.formats import THINK_END
 from contract.messages import GenerationRequest, GenerationResult
 from deployments.engines.base import (Engine, RequestRejected, StreamDelta,
                                       check_item_length, checked_prefill)
@@ -73,6 +74,7 @@ class VLLMEngine(Engine):
             pass
         self._request_errors = tuple(request_errors)
         self._sampling_params = SamplingParams
+        self._constrained = _structured_outputs()
 
         # Blocks for the model load and warm-up (seconds on CPU, minutes for a 33B TP=4 model). Safe outside
         # a running event loop: AsyncLLM starts its output handler on the first request, on the loop that
@@ -107,15 +109,53 @@ class VLLMEngine(Engine):
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         started = time.perf_counter()
         job = await self._prepare(request, self._final_only)
+        final = await self._final(job)
+        if request.answer_schema is not None and job.prefill != "off":
+            return await self._answer_after_reasoning(request, job, final, started)
+        return self._result(request, job, final, started)
+
+    async def _final(self, job: _Job) -> Any:
         final = None
         async with aclosing(self._outputs(job)) as outputs:
             async for output in outputs:
                 final = output
-        return self._result(request, job, final, started)
+        return _checked(final, job)
+
+    async def _answer_after_reasoning(self, request: GenerationRequest, job: _Job, reasoned: Any,
+                                      started: float) -> GenerationResult:
+        """The answer of a task with a schema, as a second request: the prompt plus the free reasoning (the
+        first request stopped at its end), continued under the schema. vLLM's reasoning parsers cannot tell
+        where Step-Audio-R1's reasoning ends (`</think>` is several ordinary tokens), so a constraint inside
+        one request would bind the reasoning too. Text a model wrote without closing a reasoning block (a
+        model that does not reason) counts as its reasoning here: the answer is only the constrained part."""
+        fmt = self._format
+        first = reasoned.outputs[0]
+        closed = first.stop_reason == THINK_END
+        said = first.text + (THINK_END if closed else "")
+        parsed = fmt.split_output(said, job.prefill)
+        if parsed.truncated:  # the reasoning never finished: no answer, as without a schema
+            return self._result(request, job, reasoned, started)
+        answer_job = await self._prepare(request, self._final_only, after=said + "\n")
+        final = await self._final(answer_job)
+        second = final.outputs[0]
+        finish_reason = second.finish_reason or "stop"
+        answer = fmt.split_output(second.text, "off").answer
+        return GenerationResult(
+            request_id=request.request_id, prompt=job.prompt, text=said + "\n" + second.text,
+            reasoning=parsed.reasoning if closed else (first.text.strip() or None), answer=answer,
+            finish_reason=finish_reason, truncated=finish_reason == "length" and not answer,
+            prompt_tokens=self._prompt_tokens(reasoned, job),
+            completion_tokens=len(first.token_ids) + len(second.token_ids),
+            latency_s=time.perf_counter() - started,
+        )
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         """Text as vLLM generates it (cumulative outputs, sent as the new text of each); the last piece carries
-        the same result `generate` gives."""
+        the same result `generate` gives. An answer under a schema comes as one piece (it takes two requests)."""
+        if request.answer_schema is not None:
+            async for piece in super().stream(request):
+                yield piece
+            return
         started = time.perf_counter()
         job = await self._prepare(request, self._cumulative)
         sent = 0
@@ -128,11 +168,16 @@ class VLLMEngine(Engine):
                 if len(text) > sent:
                     yield StreamDelta(text[sent:])
                     sent = len(text)
-        result = self._result(request, job, final, started)
+        result = self._result(request, job, _checked(final, job), started)
         yield StreamDelta((result.text or "")[sent:], result)
 
-    async def _prepare(self, request: GenerationRequest, output_kind: dict[str, Any]) -> _Job:
-        """Check the request against the model's limits and build vLLM's inputs; RequestRejected if it can't fit."""
+    async def _prepare(self, request: GenerationRequest, output_kind: dict[str, Any],
+                       after: str | None = None) -> _Job:
+        """Check the request against the model's limits and build vLLM's inputs; RequestRejected if it can't fit.
+
+        For a task with an answer schema: the first request (`after` None) reasons freely and stops where the
+        reasoning ends; the second continues the prompt plus `after` (the reasoning) under the schema. With
+        thinking off there is no reasoning: the one request is constrained from its first token."""
         if self._shut_down:
             raise RuntimeError("vLLM engine is shut down")
         fmt = self._format
@@ -141,7 +186,7 @@ class VLLMEngine(Engine):
         self._check_items(audio)
         prompt = fmt.render_prompt(
             system=request.system, question=request.question, num_audio=len(audio), prefill=prefill
-        )
+        ) + (after or "")
         prompt_tokens = await self.count_prompt_tokens(prompt, audio)
         room = self.max_model_len - prompt_tokens
         if room < MIN_NEW_TOKENS:
@@ -151,6 +196,12 @@ class VLLMEngine(Engine):
                 f"{self.max_model_len} for the answer; at least {MIN_NEW_TOKENS} needed"
             )
         s = request.sampling
+        stop, constraint = list(fmt.stop), {}
+        if request.answer_schema is not None:
+            if after is None and prefill != "off":
+                stop.append(THINK_END)
+            else:
+                constraint = self._constrained(request.answer_schema)
         params = self._sampling_params(
             temperature=s.temperature,
             top_p=s.top_p,
@@ -158,9 +209,10 @@ class VLLMEngine(Engine):
             max_tokens=min(s.max_tokens, room),
             seed=s.seed,
             stop_token_ids=list(fmt.stop_token_ids) or None,
-            stop=list(fmt.stop) or None,
+            stop=stop or None,
             skip_special_tokens=fmt.skip_special_tokens,
             **output_kind,
+            **constraint,
         )
         inputs: dict[str, Any] = {"prompt": prompt}
         if audio:
@@ -184,8 +236,6 @@ class VLLMEngine(Engine):
             raise RequestRejected(f"engine rejected the request: {type(e).__name__}: {e}") from e
 
     def _result(self, request: GenerationRequest, job: _Job, final: Any, started: float) -> GenerationResult:
-        if final is None or not final.outputs:
-            raise RuntimeError(f"vLLM returned no output for request {job.request_id}")
         completion = final.outputs[0]
         text = completion.text
         finish_reason = completion.finish_reason or ("stop" if final.finished else None)
@@ -199,10 +249,14 @@ class VLLMEngine(Engine):
             finish_reason=finish_reason,
             # Cut off by the token limit before any answer: the reasoning is partial, the answer missing.
             truncated=parsed.truncated or (finish_reason == "length" and not parsed.answer),
-            prompt_tokens=len(final.prompt_token_ids) if final.prompt_token_ids is not None else job.prompt_tokens,
+            prompt_tokens=self._prompt_tokens(final, job),
             completion_tokens=len(completion.token_ids),
             latency_s=time.perf_counter() - started,
         )
+
+    @staticmethod
+    def _prompt_tokens(final: Any, job: _Job) -> int:
+        return len(final.prompt_token_ids) if final.prompt_token_ids is not None else job.prompt_tokens
 
     def _check_items(self, audio: list[np.ndarray]) -> None:
         fmt = self._format
@@ -258,6 +312,30 @@ class _Job:
     params: Any
     inputs: dict[str, Any]
     request_id: str
+
+
+def _checked(final: Any, job: _Job) -> Any:
+    """vLLM's last output of a request, which must hold a completion."""
+    if final is None or not final.outputs:
+        raise RuntimeError(f"vLLM returned no output for request {job.request_id}")
+    return final
+
+
+def _structured_outputs() -> Any:
+    """How this vLLM constrains a request to a JSON Schema: `structured_outputs` on 0.11+ (0.32, 0.33),
+    `guided_decoding` on the fork (0.10). Compact JSON only: where the grammar allows any whitespace, a model
+    can spend its whole budget on it (a random one does) and the answer never closes. The fork reads that per
+    request; 0.32 only from the engine (`structured_outputs_config: {disable_any_whitespace: true}` in
+    engine_kwargs, as configs/*.yaml set it)."""
+    try:
+        from vllm.sampling_params import StructuredOutputsParams as Params
+
+        name = "structured_outputs"
+    except ImportError:
+        from vllm.sampling_params import GuidedDecodingParams as Params
+
+        name = "guided_decoding"
+    return lambda schema: {name: Params(json=schema, disable_any_whitespace=True)}
 
 
 def _audio_limit(engine: Any, engine_kwargs: dict[str, Any]) -> int | None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.answers import answer_schema
 from contract.audio import DecodeError, decode_with_info
 from contract.config import HTTPConfig, SamplingConfig
 from contract.formats import ModelFormat, assistant_prefills
@@ -123,7 +124,20 @@ async def to_generation_request(body: ChatCompletionRequest, fmt: ModelFormat, h
         seed=body.seed,
     )
     return GenerationRequest(request_id=request_id, audio=audio, question="\n".join(questions),
-                             system="\n".join(system) if system else None, prefill=mode, sampling=sampling)
+                             system="\n".join(system) if system else None, prefill=mode, sampling=sampling,
+                             answer_schema=_answer_schema(body))
+
+
+def _answer_schema(body: ChatCompletionRequest) -> dict[str, Any] | None:
+    """The schema of `response_format`, or APIError (400) if it is not a valid JSON Schema."""
+    schema = body.response_format.answer_schema() if body.response_format else None
+    if schema is None:
+        return None
+    try:
+        return answer_schema(schema)
+    except ValueError as e:
+        raise APIError(400, f"response_format: {e}", code="invalid_schema",
+                       param="response_format.json_schema.schema") from None
 
 
 async def _audio_bytes(part: Any, where: str, http: HTTPConfig) -> bytes:

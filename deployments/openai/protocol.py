@@ -87,6 +87,29 @@ class StreamOptions(_Open):
     include_usage: bool | None = False
 
 
+class JSONSchemaFormat(_Open):
+    name: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs json_schema.schema")
+        return self
+
+    def answer_schema(self) -> dict[str, Any] | None:
+        """What the answer must hold to: the given schema, any JSON object, or nothing (free text)."""
+        if self.type == "json_schema":
+            return self.json_schema.schema_
+        return {"type": "object"} if self.type == "json_object" else None
+
+
 class ChatCompletionRequest(_Open):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
@@ -102,6 +125,7 @@ class ChatCompletionRequest(_Open):
     add_generation_prompt: bool | None = True
     continue_final_message: bool | None = False
     chat_template_kwargs: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="before")
     @classmethod

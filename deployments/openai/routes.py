@@ -38,7 +38,8 @@ from deployments.openai.stream import StreamSplitter
 logger = logging.getLogger("ray.serve")
 
 # A failed result's error class -> HTTP status. Anything else (the engine in trouble) is 503.
-_STATUS = {"RequestRejected": (400, "request_rejected"), "RequestTimeout": (504, "timeout")}
+_STATUS = {"RequestRejected": (400, "request_rejected"), "RequestTimeout": (504, "timeout"),
+           "AnswerInvalid": (500, "answer_invalid")}
 
 
 class Backend(Protocol):

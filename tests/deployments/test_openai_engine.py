@@ -6,15 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import threading
 import time
-from collections import deque
 
 import numpy as np
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from contract.audio import decode
 from contract.config import EngineConfig, SamplingConfig
@@ -22,61 +17,7 @@ from contract.formats import assistant_prefills, get_format
 from contract.messages import GenerationRequest
 from deployments.engines.base import RequestFailed, RequestRejected
 from tests.conftest import free_port, official_step_audio_r1
-
-KEY = "sk-test-key"
-
-
-class Stub:
-    """An OpenAI-compatible server that answers from a script: (status, json body, headers, delay_s) per request,
-    then `default`. It records what it received and the most requests it had in flight at once."""
-
-    def __init__(self):
-        self.script: deque = deque()
-        self.received: list[tuple[dict, dict]] = []
-        self.in_flight = self.max_in_flight = 0
-        self.content = "Hello.</think>\nAn answer.<|EOT|>"
-        app = FastAPI()
-
-        @app.get("/v1/models")
-        async def models(request: Request):
-            if request.headers.get("authorization") != f"Bearer {KEY}":
-                return JSONResponse({"error": {"message": "bad key"}}, status_code=401)
-            return {"object": "list", "data": [{"id": "served-model", "object": "model"}]}
-
-        @app.post("/v1/chat/completions")
-        async def chat(request: Request):
-            body = await request.json()
-            self.received.append((body, dict(request.headers)))
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            try:
-                status, payload, headers, delay = self.script.popleft() if self.script else (200, None, None, 0.0)
-                await asyncio.sleep(delay)
-            finally:
-                self.in_flight -= 1
-            if payload is None:
-                payload = {"id": "x", "object": "chat.completion", "model": body["model"],
-                           "choices": [{"index": 0, "message": {"role": "assistant", "content": self.content},
-                                        "finish_reason": "stop"}],
-                           "usage": {"prompt_tokens": 40, "completion_tokens": 9, "total_tokens": 49}}
-            return JSONResponse(payload, status_code=status, headers=headers)
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Stub:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "stub server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+from tests.openai_stub import KEY, Stub
 
 
 @pytest.fixture(scope="module")

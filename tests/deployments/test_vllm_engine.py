@@ -254,6 +254,42 @@ def test_vllm_pipeline_end_to_end(vllm_app, tiny_qwen2_audio, tmp_path):
     assert app_name in __import__("ray").serve.status().applications  # reused, so left running
 
 
+EMOTIONS = ["angry", "happy", "sad", "neutral", "fearful", "surprised", "disgusted"]
+# The issue's call outcome, with bounded strings: a random model writes strings until it happens on a quote.
+OUTCOME = {"type": "object", "additionalProperties": False, "required": ["resolved", "topics", "follow_up"],
+           "properties": {"resolved": {"type": "boolean"},
+                          "topics": {"type": "array", "maxItems": 2, "items": {"type": "string", "maxLength": 12}},
+                          "follow_up": {"anyOf": [{"type": "string", "maxLength": 12}, {"type": "null"}]}}}
+
+
+def test_vllm_answers_hold_to_their_schema_after_free_reasoning(vllm_app):
+    """A random model's answers validate once constrained, while what it writes before (the reasoning) is what
+    it writes with no schema at all: the same seeded text, of the lengths sampling gives."""
+    from contract.answers import answer_schema, check_answer
+
+    def asked(schema, seed, **kw):
+        r = request(tone(2.0, seed=seed), temperature=1.0, seed=seed, max_tokens=160, **kw)
+        r.answer_schema = schema
+        return r
+
+    schemas = [answer_schema(EMOTIONS)] * 4 + [OUTCOME] * 4
+    constrained = generate(vllm_app, [asked(schema, seed) for seed, schema in enumerate(schemas)])
+    free = generate(vllm_app, [asked(None, seed) for seed in range(len(schemas))])
+    for schema, c, f in zip(schemas, constrained, free, strict=True):
+        assert c.error_class is None, c.error
+        check_answer(schema, c.answer)
+        assert c.reasoning == f.answer  # qwen2_audio has no reasoning block: its free text is all answer
+        assert c.completion_tokens > f.completion_tokens
+    assert {c.answer for c in constrained[:4]} <= {f'"{e}"' for e in EMOTIONS}
+    assert len({len(c.reasoning) for c in constrained}) > 1  # free lengths, not one fixed budget
+
+    # Thinking off: no reasoning, one request constrained from its first token.
+    off = generate(vllm_app, [asked(OUTCOME, seed, prefill="off") for seed in range(2)])
+    for r in off:
+        assert r.error_class is None and r.reasoning is None, r.error
+        assert check_answer(OUTCOME, r.answer)["resolved"] in (True, False)
+
+
 def test_vllm_app_shuts_down_cleanly(vllm_app):
     """serve.delete stops the replica and its vLLM engine-core process: nothing is left running."""
     import psutil
