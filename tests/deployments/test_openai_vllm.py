@@ -7,6 +7,7 @@ handle, over HTTP, streamed, or from the batch job's `openai` engine over HTTP."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -100,6 +101,23 @@ def test_streamed_answer_is_the_whole_answer(client):
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
         whole.choices[0].finish_reason]
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_response_format_holds_the_answer_to_a_schema(vllm_app, client):
+    schema = {"type": "object", "properties": {"loud": {"type": "boolean"}}, "required": ["loud"],
+              "additionalProperties": False}
+    messages = [{"role": "user", "content": [wav_part(tone(2.0, seed=3)), {"type": "text", "text": "Loud?"}]}]
+    answered = client.chat.completions.create(
+        model=MODEL, messages=messages, temperature=1.0, seed=3, max_tokens=32,
+        response_format={"type": "json_schema", "json_schema": {"name": "loudness", "schema": schema}})
+    assert json.loads(answered.choices[0].message.content) in ({"loud": True}, {"loud": False})
+
+    _, base = vllm_app
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strng"}}}
+    response = httpx.post(f"{base}/v1/chat/completions", timeout=TIMEOUT_S,
+                          json={"model": MODEL, "messages": messages, "response_format": bad})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_schema"
 
 
 def test_prompt_over_the_context_is_400(vllm_app):

