@@ -40,6 +40,21 @@ class InputConfig(Base):
         None, description="A JSONL, CSV or Parquet table naming the audio (one row per file) instead of listing uri."
     )
     uri_column: str = Field("audio", description="The manifest's column holding each file's URI.")
+    format: Literal["files", "webdataset", "parquet"] = Field(
+        "files", description="How `uri` holds the audio: one file per recording (files), WebDataset .tar shards "
+        "(webdataset: the members sharing a key are one sample), or .parquet shards with audio bytes (parquet)."
+    )
+    audio_column: str = Field(
+        "audio", description="parquet: the column holding each row's audio, a {bytes, path} struct (what Hugging "
+        "Face datasets writes for its Audio feature) or plain binary."
+    )
+    id_column: str | None = Field(
+        None, description="parquet: a column naming each row (its key in `source_uri`); default: the row number."
+    )
+    audio_member: str | None = Field(
+        None, description="webdataset: the audio member's extension to take when a sample has several (flac); "
+        "default: the first of `extensions` the sample has."
+    )
 
     @field_validator("since")
     @classmethod
@@ -47,6 +62,13 @@ class InputConfig(Base):
         if value is not None:
             since_time(value)
         return value
+
+    @model_validator(mode="after")
+    def _format_fits(self) -> InputConfig:
+        if self.format != "files" and self.manifest:
+            raise ValueError(f"format {self.format!r} reads the shards under input.uri; a manifest names files "
+                             "(format: files)")
+        return self
 
     def since_time(self) -> datetime | None:
         return since_time(self.since) if self.since else None

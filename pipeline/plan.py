@@ -24,7 +24,8 @@ from pipeline.storage import full_uri, open_fs
 
 PLAN_SCHEMA = pa.schema([("item_id", pa.string()), ("source_uri", pa.string()), ("size", pa.int64()),
                          ("version", pa.string()), ("task", pa.string()), ("question", pa.string()),
-                         ("metadata", pa.string()), ("error_class", pa.string()), ("error", pa.string())])
+                         ("metadata", pa.string()), ("error_class", pa.string()), ("error", pa.string()),
+                         ("locator", pa.string())])
 CHUNK = 1_000  # sources held at once: the driver memory bound while planning
 
 

@@ -40,28 +40,47 @@ def read_bytes(uri: str, storage: dict | None = None) -> bytes:
 def prepare_file(source: dict[str, Any], *, max_item_s: float, search_s: float, max_duration_s: float,
                  max_size_mb: float | None = None, storage: dict | None = None) -> list[dict[str, Any]]:
     """The item rows of one listed file, or its single error row."""
-    base = {"item_id": source["item_id"], "source_uri": source["source_uri"], "only_task": source.get("task"),
-            "question": source.get("question"), "metadata": source.get("metadata")}
-    if source.get("error_class"):  # a manifest row naming no readable object, or an unknown task
-        return [{**base, "error_stage": "read", "error_class": source["error_class"], "error": source["error"],
-                 "retryable": False}]
-    if max_size_mb is not None and source["size"] > max_size_mb * 1e6:
-        too_large = FileTooLarge(f"{source['source_uri']}: {source['size'] / 1e6:.1f} MB is over "
-                                 f"input.max_size_mb={max_size_mb:g}")
-        return [{**base, **error_columns("read", too_large, retryable=False)}]
+    base = base_row(source)
+    refused = refuse(source, base, max_size_mb)
+    if refused:
+        return refused
     try:
         data = read_bytes(source["source_uri"], storage)
     except ReadError as e:
         # A vanished or forbidden file will not come back by retrying; a flaky store might.
         missing = isinstance(e.__cause__, (FileNotFoundError, PermissionError))
         return [{**base, **error_columns("read", e, retryable=not missing)}]
+    return prepare_audio(base, data, max_item_s=max_item_s, search_s=search_s, max_duration_s=max_duration_s)
+
+
+def base_row(source: dict[str, Any]) -> dict[str, Any]:
+    """The columns every row of a source's items carries."""
+    return {"item_id": source["item_id"], "source_uri": source["source_uri"], "only_task": source.get("task"),
+            "question": source.get("question"), "metadata": source.get("metadata")}
+
+
+def refuse(source: dict[str, Any], base: dict[str, Any], max_size_mb: float | None) -> list[dict[str, Any]]:
+    """The error row of a source that is not read at all (it names no readable object, or is too large)."""
+    if source.get("error_class"):  # a manifest row naming no readable object, an unknown task, a bad shard
+        return [{**base, "error_stage": "read", "error_class": source["error_class"], "error": source["error"],
+                 "retryable": False}]
+    if max_size_mb is not None and source["size"] > max_size_mb * 1e6:
+        too_large = FileTooLarge(f"{source['source_uri']}: {source['size'] / 1e6:.1f} MB is over "
+                                 f"input.max_size_mb={max_size_mb:g}")
+        return [{**base, **error_columns("read", too_large, retryable=False)}]
+    return []
+
+
+def prepare_audio(base: dict[str, Any], data: bytes, *, max_item_s: float, search_s: float,
+                  max_duration_s: float) -> list[dict[str, Any]]:
+    """The item rows of one recording's bytes (a file, or a sample of a shard), or its single error row."""
     try:
         audio, cut = decode_with_info(data, max_duration_s=max_duration_s)
     except DecodeError as e:
-        return [{**base, **error_columns("decode", DecodeError(f"{source['source_uri']}: {e}"), retryable=False)}]
+        return [{**base, **error_columns("decode", DecodeError(f"{base['source_uri']}: {e}"), retryable=False)}]
     if cut:
         # Answering only the start would pass for the whole file: say so instead, and let the user raise it.
-        too_long = AudioTooLong(f"{source['source_uri']}: longer than audio.max_duration_s={max_duration_s:g} s")
+        too_long = AudioTooLong(f"{base['source_uri']}: longer than audio.max_duration_s={max_duration_s:g} s")
         return [{**base, **error_columns("decode", too_long, retryable=False)}]
     bounds = segment(audio, sample_rate=SAMPLE_RATE, max_s=max_item_s, search_s=search_s)
     return [{**base, "segment_index": index, "segment_count": len(bounds), "start_s": start / SAMPLE_RATE,

@@ -30,6 +30,7 @@ from pipeline.prepare import prepare_batch
 from pipeline.progress import Progress
 from pipeline.prune import prune
 from pipeline.report import report_run, run_facts
+from pipeline.shards import FILE_PLAN_ROWS, piece_slices, prepare_samples, shard_samples
 from pipeline.sink import ParquetSink
 from pipeline.sources import SourceFile, list_audio
 from pipeline.staging import remove_leftovers
@@ -84,11 +85,17 @@ def build_dataset(config: Config, plan: Plan, answered: Answered, info: ModelInf
                   run_id: str, handle: Any, progress: Any = None) -> ray.data.Dataset:
     r = config.resources
     storage = config.storage.model_dump()
+    prepare, batch_size, sharded = prepare_batch, r.files_per_task, {}
+    if config.input.format != "files":  # a task takes a piece of a shard (pipeline.shards)
+        i = config.input
+        prepare, batch_size = prepare_samples, None
+        sharded = {"format": i.format, "audio_column": i.audio_column, "id_column": i.id_column,
+                   "rows_per_block": r.files_per_task}
     items = plan_dataset(config, plan).map_batches(
-        prepare_batch, batch_format="pyarrow", batch_size=r.files_per_task, num_cpus=r.decode_cpus,
+        prepare, batch_format="pyarrow", batch_size=batch_size, num_cpus=r.decode_cpus,
         fn_kwargs={"max_item_s": item_seconds(config, info), "search_s": config.segment.search_s,
                    "max_duration_s": config.audio.max_duration_s, "max_size_mb": config.input.max_size_mb,
-                   "storage": storage},
+                   "storage": storage, **sharded},
     )
     return items.map_batches(
         Infer, batch_format="pyarrow", batch_size=r.batch_size, num_cpus=r.infer_cpus,
@@ -103,12 +110,15 @@ def build_dataset(config: Config, plan: Plan, answered: Answered, info: ModelInf
 def plan_dataset(config: Config, plan: Plan) -> ray.data.Dataset:
     """The plan in blocks of `files_per_task` rows, so decoding spreads over many tasks."""
     r = config.resources
+    sharded = config.input.format != "files"
     if plan.table is not None:
+        if sharded:
+            return ray.data.from_arrow(piece_slices(plan.table))
         return ray.data.from_arrow([plan.table.slice(i, r.files_per_task)
                                     for i in range(0, plan.todo, r.files_per_task)])
     fs, _ = open_fs(plan.path, config.storage.model_dump())
     files = ray.data.read_parquet(plan.path, filesystem=fs, ray_remote_args={"num_cpus": r.read_cpus})
-    return files.repartition(target_num_rows_per_block=r.files_per_task)
+    return files.repartition(target_num_rows_per_block=FILE_PLAN_ROWS if sharded else r.files_per_task)
 
 
 def count_written(output_uri: str, run_id: str, storage: dict) -> tuple[int, int, float]:
@@ -122,6 +132,8 @@ def count_written(output_uri: str, run_id: str, storage: dict) -> tuple[int, int
 def sources(config: Config) -> Iterator[SourceFile]:
     """The input's files: the manifest's rows, or the files listed under `input.uri`."""
     i, storage = config.input, config.storage.model_dump()
+    if i.format != "files":
+        return shard_samples(i, storage, config.resources.files_per_task)
     if i.manifest:
         return read_manifest(i.manifest, i.uri_column, storage=storage)
     return list_audio(i.uri, i.extensions, storage=storage, glob=i.glob, since=i.since_time())

@@ -36,6 +36,7 @@ class SourceFile:
     metadata: str | None = None  # from a manifest: its other columns, as a JSON object
     error_class: str | None = None  # a manifest row that names no readable object
     error: str | None = None
+    locator: str | None = None  # a sample of a shard: where its bytes are (pipeline.shards), as JSON
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
