@@ -121,14 +121,12 @@ def tar_samples(shard: SourceFile, config: InputConfig, storage: dict | None,
     fs, path = open_fs(shard.source_uri, storage)
     count = 0
     pending: list[tarfile.TarInfo] = []  # members of the sample being read
-    failure, at, tar = None, 0, None
+    failure, at, tar = None, None, None
     try:
         with fs.open(path, "rb", block_size=INDEX_BLOCK) as f:
             tar = tarfile.open(fileobj=f, mode="r:")
             while (info := tar.next()) is not None:
                 tar.members.clear()  # tarfile keeps every header otherwise
-                if info.offset_data + info.size > shard.size:
-                    raise tarfile.ReadError(f"member {info.name} runs past the end of the file")
                 if not info.isfile():
                     continue
                 if pending and split_name(info.name)[0] != split_name(pending[0].name)[0]:
@@ -136,18 +134,21 @@ def tar_samples(shard: SourceFile, config: InputConfig, storage: dict | None,
                     count += 1
                     pending = []
                 pending.append(info)
+                if info.offset_data + info.size > shard.size:
+                    at, pending = pending[0].offset, []  # the sample is cut inside: all of it is in the rest
+                    raise tarfile.ReadError(f"member {info.name} runs past the end of the file")
             # The walk also ends quietly at a cut or corrupt header: a proper end is a zero block, or the file's end.
             f.seek(tar.offset)
             block = f.read(tarfile.BLOCKSIZE)
             if block and (len(block) < tarfile.BLOCKSIZE or block.strip(b"\0")):
                 failure, at = tarfile.ReadError(f"no valid header at byte {tar.offset}"), tar.offset
     except (tarfile.TarError, OSError, ValueError) as e:
-        failure, at = e, (tar.offset if tar else 0)
+        failure, at = e, (at if at is not None else tar.offset if tar else 0)
+    if pending:  # its members are whole; any after a bad header are lost with the rest
+        yield tar_sample(shard, split_name(pending[0].name)[0], pending, count // files_per_task, config)
+        count += 1
     if failure is None:
-        if pending:
-            yield tar_sample(shard, split_name(pending[0].name)[0], pending, count // files_per_task, config)
         return
-    at = pending[0].offset if pending else at  # the sample being read when it failed may be incomplete
     yield sample_source(shard, f"@{at}", 0, error=UnreadableShard(
         f"unreadable from byte {at} of {shard.size} ({failure}); the {count} samples before it are answered"))
 
