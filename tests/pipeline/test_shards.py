@@ -220,3 +220,32 @@ def test_bad_samples_are_rows_naming_shard_and_key(whisper_app, tmp_path):
     assert written["clips/greeting"]["error_class"] is None and written["clips/meeting"]["error_class"] is None
     assert (summary.rows, summary.errors) == (5, 3)
     assert run(config, serving).rows == 0
+
+
+def test_shards_on_s3_incrementally(whisper_app, s3, tmp_path):
+    url, client = s3
+    client.create_bucket(Bucket="corpus")
+
+    def upload(shard: Path, key: str) -> None:
+        client.put_object(Bucket="corpus", Key=key, Body=shard.read_bytes())
+
+    upload(tar_shard(tmp_path / "a.tar", ["greeting.wav"]), "wds/shard-000.tar")
+    upload(hf_parquet(tmp_path / "a.parquet", ["note.m4a", "story.ogg"], rows_per_group=1), "hf/train-0.parquet")
+    s3_options = [f"storage.endpoint_url={url}", *whisper_app]
+    wds_config = load_config(None, ["input.uri=s3://corpus/wds/", "input.format=webdataset",
+                                    f"output.uri={tmp_path / 'out-wds'}", *s3_options])
+    pq_config = load_config(None, ["input.uri=s3://corpus/hf/", "input.format=parquet",
+                                   f"output.uri={tmp_path / 'out-hf'}", *s3_options])
+    assert run(wds_config, serving).rows == 1
+    assert run(pq_config, serving).rows == 2
+    assert [r["source_uri"] for r in rows(tmp_path / "out-hf")] == ["s3://corpus/hf/train-0.parquet#0",
+                                                                    "s3://corpus/hf/train-0.parquet#1"]
+    assert run(wds_config, serving).rows == 0 and run(pq_config, serving).rows == 0
+
+    upload(tar_shard(tmp_path / "b.tar", ["meeting.mp3"]), "wds/shard-001.tar")
+    third = run(wds_config, serving)
+    assert (third.rows, third.skipped) == (1, 1)
+    written = rows(tmp_path / "out-wds")
+    assert [r["source_uri"] for r in written if r["run_id"] == third.run_id] == \
+        ["s3://corpus/wds/shard-001.tar#clips/meeting"]
+    assert not any(r["error_class"] for r in written + rows(tmp_path / "out-hf"))
