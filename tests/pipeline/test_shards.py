@@ -199,7 +199,8 @@ def test_parquet_and_lhotse_shar_shards(whisper_app, transcripts, tmp_path):
     assert {json.loads(r["metadata"])["id"] for r in written} == {"story", "meeting"}  # the recording manifest
 
 
-def test_bad_samples_are_rows_naming_shard_and_key(whisper_app, tmp_path):
+def test_bad_samples_are_rows_naming_shard_and_key(whisper_app, tmp_path, monkeypatch):
+    monkeypatch.setattr("pipeline.plan.CHUNK", 2)  # the plan goes through a file, as a big corpus's does
     inputs, out = tmp_path / "in", tmp_path / "out"
     broken = {"silent": {"__key__": "no-audio", "json": {"speaker": "nobody"}},
               "garbage": {"__key__": "garbage", "wav": b"RIFF....WAVEfmt not audio at all"}}
