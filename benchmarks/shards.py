@@ -136,10 +136,11 @@ def peak_memory(shard: Path, fmt: str) -> float:
     would; the plan is made here (the driver's part) and handed over as a file."""
     plan = shard.parent / f"{shard.name}-plan.parquet"
     pq.write_table(plan_of(config_for(shard, fmt)), plan)
-    code = (f"import resource, sys; sys.path.insert(0, {str(ROOT)!r});"
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so it would report this (big) process's size.
+    code = (f"import re, sys; sys.path.insert(0, {str(ROOT)!r});"
             f"import pyarrow.parquet as pq; from benchmarks.shards import run_pieces;"
             f"run_pieces(pq.read_table({str(plan)!r}), {fmt!r});"
-            f"print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            f"print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return float(done.stdout.strip().splitlines()[-1])
 
