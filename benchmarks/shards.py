@@ -11,7 +11,8 @@ reads), "read+decode" is the whole decode stage (decode to 16 kHz, segment). Lis
 Local disk (page cache warm): this measures our CPU cost per sample, not object-store latency.
 
 Memory: a fresh process runs every piece of one shard through `prepare_samples`, as a decode worker would one
-piece after another (the plan, the driver's part, is made beforehand), with 1k and with 20k tiny samples (0.5 s WAV) per shard; its peak RSS is
+piece after another (the plan, the driver's part, is made beforehand and read back 100 rows at a time, as the
+pipeline hands a big plan to its decode tasks), with 1k and with 20k tiny samples (0.5 s WAV) per shard; its peak RSS is
 printed. Flat (ratio ~1) means no worker holds a whole shard.
 
 The last line, `ratio=`, is shard throughput over plain files (read+decode, the slower of tar and Parquet).
@@ -137,9 +138,12 @@ def peak_memory(shard: Path, fmt: str) -> float:
     plan = shard.parent / f"{shard.name}-plan.parquet"
     pq.write_table(plan_of(config_for(shard, fmt)), plan)
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so it would report this (big) process's size.
+    # It reads the plan FILE_PLAN_ROWS rows at a time, as the pipeline hands a big plan to its decode tasks.
     code = (f"import re, sys; sys.path.insert(0, {str(ROOT)!r});"
-            f"import pyarrow.parquet as pq; from benchmarks.shards import run_pieces;"
-            f"run_pieces(pq.read_table({str(plan)!r}), {fmt!r});"
+            f"import pyarrow as pa, pyarrow.parquet as pq; from benchmarks.shards import run_pieces;"
+            f"from pipeline.shards import FILE_PLAN_ROWS;"
+            f"[run_pieces(pa.Table.from_batches([b]), {fmt!r}) for b in "
+            f"pq.ParquetFile({str(plan)!r}).iter_batches(batch_size=FILE_PLAN_ROWS)];"
             f"print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) / 1024)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     return float(done.stdout.strip().splitlines()[-1])

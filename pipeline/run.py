@@ -113,7 +113,7 @@ def plan_dataset(config: Config, plan: Plan) -> ray.data.Dataset:
     sharded = config.input.format != "files"
     if plan.table is not None:
         if sharded:
-            return ray.data.from_arrow(piece_slices(plan.table))
+            return ray.data.from_arrow(list(piece_slices(plan.table)))
         return ray.data.from_arrow([plan.table.slice(i, r.files_per_task)
                                     for i in range(0, plan.todo, r.files_per_task)])
     fs, _ = open_fs(plan.path, config.storage.model_dump())

@@ -271,15 +271,17 @@ def piece_of(source: dict) -> tuple[str, int] | None:
     return locator["shard"], locator["piece"]
 
 
-def piece_slices(plan: pa.Table) -> list[pa.Table]:
+def piece_slices(plan: pa.Table) -> Iterator[pa.Table]:
     """The plan (samples in shard order) cut where the piece changes: one slice per decode task."""
-    keys = [piece_of({"locator": loc}) for loc in plan.column("locator").to_pylist()]
-    slices, start = [], 0
-    for end in range(1, len(keys) + 1):
-        if end == len(keys) or keys[end] != keys[start]:
-            slices.append(plan.slice(start, end - start))
+    start, current = 0, None
+    for end, locator in enumerate(plan.column("locator").to_pylist()):
+        key = piece_of({"locator": locator})
+        if end and key != current:
+            yield plan.slice(start, end - start)
             start = end
-    return slices
+        current = key
+    if plan.num_rows:
+        yield plan.slice(start)
 
 
 def prepare_samples(batch: pa.Table, *, format: str, audio_column: str, id_column: str | None, rows_per_block: int,
