@@ -265,6 +265,7 @@ class StepAudio2ForCausalLM(nn.Module, SupportsMultiModal, SupportsPP):
             raise ValueError(f"Step-Audio-R1 checkpoint has a weight this model does not: {e}") from e
         missing = sorted(set(dict(self.named_parameters())) - set(loaded))
         if missing:
-            raise ValueError(f"Step-Audio-R1 checkpoint lacks {len(missing)} weight(s), e.g. "
-                             f"{', '.join(missing[:5])} (names after mapping model.* -> language_model.model.*)")
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise ValueError(f"Step-Audio-R1 checkpoint is missing {len(missing)} weight(s): {shown} "
+                             "(vLLM's names: the checkpoint's model.* / lm_head.* are language_model.*)")
         return loaded

@@ -108,6 +108,34 @@ def tiny_qwen2_audio(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_step_audio(tmp_path_factory) -> Path:
+    """The tiny random-weight Step-Audio-R1 checkpoint of the real shape (tests/tiny_step_audio.py), built once per
+    session (seconds, offline). Also exported as TINY_STEP_AUDIO_PATH, which configs/tiny-step-audio.yaml reads."""
+    import subprocess
+    import sys
+
+    path = tmp_path_factory.mktemp("tiny-step-audio")
+    subprocess.run([sys.executable, "-m", "tests.tiny_step_audio", str(path)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=600)
+    os.environ["TINY_STEP_AUDIO_PATH"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def step_audio_probe(tiny_step_audio, tmp_path_factory) -> dict:
+    """One run of the real vLLM engine with the step_audio_vllm plugin on the tiny checkpoint, answering what the
+    step_audio tests ask (tests/step_audio_probe.py: token counts, refusals, log-prob parity, strict loading)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("step-audio-probe") / "probe.json"
+    done = subprocess.run([sys.executable, "-m", "tests.step_audio_probe", str(tiny_step_audio), str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-5000:]
+    return json.loads(out.read_text())
+
+
 def serve_http_url() -> str:
     """Serve's HTTP address in this Ray session: started on a free loopback port unless Serve already runs
     (port 8000 may belong to someone else on a shared machine)."""

