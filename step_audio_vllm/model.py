@@ -82,8 +82,10 @@ class StepAudioDummyInputsBuilder(BaseDummyInputsBuilder[StepAudioProcessingInfo
 
 class StepAudioMultiModalProcessor(BaseMultiModalProcessor[StepAudioProcessingInfo]):
     def _call_hf_processor(self, *args: Any, **kwargs: Any) -> BatchFeature:
-        # 0.32 calls (hf_data, hf_kwargs) with only the audio (the prompt is tokenized by the renderer).
-        hf_data = args[0] if args else kwargs.get("hf_data", {})
+        # 0.32 calls (hf_data, hf_kwargs) with only the audio (the prompt is tokenized by the renderer); take the
+        # first mapping holding audio, wherever a version puts it.
+        hf_data = next((a for a in (*args, *kwargs.values()) if isinstance(a, Mapping)
+                        and ("audio" in a or "audios" in a)), {})
         audios = hf_data.get("audio") or hf_data.get("audios") or []
         if isinstance(audios, np.ndarray):
             audios = [audios]

@@ -124,3 +124,24 @@ def test_step_audio_plugin_is_a_vllm_entry_point():
     plugins = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
     assert plugins.get("step_audio_r1") == "step_audio_vllm:register", (
         "the project is not installed (pip install -e .): vLLM would not load the plugin")
+
+
+def test_step_audio_compare_diff_reports_where_two_implementations_differ(tmp_path, capsys):
+    from step_audio_vllm.compare import main
+
+    def record(path, implementation, prompt_ids, logprobs, output_ids):
+        path.write_text(json.dumps({"implementation": implementation, "engine": {}, "records": [
+            {"file": "a.wav", "items": 2, "prompt_ids": prompt_ids, "prompt_logprobs": logprobs,
+             "output_ids": output_ids, "text": ""}]}))
+        return str(path)
+
+    plugin = record(tmp_path / "p.json", "step_audio_vllm.model", [1, 2, 3], [None, -1.0, -2.0], [5, 6, 7, 8])
+    fork = record(tmp_path / "f.json", "vllm.model_executor.models.mm_step_audio", [1, 2, 3], [None, -1.0, -2.25],
+                  [5, 6, 9])
+    assert main(["diff", plugin, fork]) == 0
+    out = capsys.readouterr().out
+    assert "prompt identical" in out and "largest prompt log-prob difference 0.25" in out
+    assert "first differs at token 2" in out
+    other = record(tmp_path / "o.json", "x", [1, 2, 4], [None, -1.0, -2.0], [5])
+    assert main(["diff", plugin, other]) == 1  # a different prompt is an implementation difference
+    assert "prompt DIFFERENT" in capsys.readouterr().out
