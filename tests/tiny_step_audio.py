@@ -179,7 +179,8 @@ def _weights(seed: int) -> dict:
             decoder[name] = (1 if "norm" in name else 0) + normal(*t.shape, std=0.1)
     # A constant direction in the last layer's output: the v_proj bias passes through attention unchanged
     # (softmax weights sum to one), so o_proj(v_bias) is added at every position. The head's rows for <|EOT|>
-    # and </think> point along it, so a sampled sequence closes its reasoning (p ~ 0.04 a token) and stops (p ~ 0.03) within a few dozen tokens.
+    # and </think> point along it, so a sampled sequence closes its reasoning (p ~ 0.04 a token) and stops
+    # (p ~ 0.03) within a few dozen tokens.
     last = TEXT_CONFIG["num_hidden_layers"] - 1
     hidden = TEXT_CONFIG["hidden_size"]
     vb = f"model.layers.{last}.self_attn.v_proj.bias"

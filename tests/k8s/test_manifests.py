@@ -127,7 +127,7 @@ def test_dockerignore_keeps_the_build_context_small_and_the_code_in():
     ignored = {line.strip() for line in (v.ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")}
     assert {".git", ".venv", "output", "tests"} <= ignored
-    assert not ignored & {"pipeline", "deployments", "jobs", "configs", "pyproject.toml"}
+    assert not ignored & {"pipeline", "deployments", "step_audio_vllm", "jobs", "configs", "pyproject.toml"}
 
 
 # ---------------------------------------------------------------------------------------------------------------

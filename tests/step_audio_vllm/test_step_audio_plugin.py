@@ -40,7 +40,8 @@ def test_step_audio_tiny_checkpoint_has_the_real_shape(tiny_step_audio):
         names = set(f.keys())
     # The released checkpoint's names (architecture notes §6-8).
     for name in ("encoder.conv1.weight", "encoder.conv2.bias", "encoder.positional_embedding.weight",
-                 "encoder.blocks.0.attn.query.bias", "encoder.blocks.1.attn.key.weight", "encoder.blocks.0.mlp.2.weight",
+                 "encoder.blocks.0.attn.query.bias", "encoder.blocks.1.attn.key.weight",
+                 "encoder.blocks.0.mlp.2.weight",
                  "encoder.blocks.0.attn_ln.weight", "encoder.after_norm.bias", "adapter.conv.weight",
                  "adapter.linear1.bias", "adapter.linear2.weight", "model.embed_tokens.weight",
                  "model.layers.1.self_attn.q_proj.bias", "model.layers.0.mlp.gate_proj.weight", "model.norm.weight",
