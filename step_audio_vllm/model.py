@@ -1,7 +1,7 @@
 """`StepAudio2ForCausalLM` for vLLM 0.32 / 0.33: processor, audio encoder, adaptor, and vLLM's own Qwen2 decoder.
 
-Facts from the public sources (StepFun's fork and reference code; see ../shared/notes/step-audio-r1-architecture
-in the project history), written here from scratch:
+Facts gathered from the public sources (StepFun's vLLM fork, their reference code, SGLang's port), the code
+written here:
 - each `<audio_patch>` in the prompt (one per audio item) becomes `<audio_start>`, P x `<audio_patch>`,
   `<audio_end>`, with P from the project's formula (contract/formats/step_audio_r1.py); only the patches carry
   audio embeddings;
@@ -11,8 +11,8 @@ in the project history), written here from scratch:
 - checkpoint names `model.*` and `lm_head.*` are the Qwen2 decoder's (`language_model.*` here).
 
 Each item runs through the encoder on its own (no padding across items), so an item's embeddings do not depend
-on what else is in the batch; the fork pads a batch's items together, which changes the edge frames of odd-length
-items slightly (benchmarks/step_audio_compare prints how much on real weights).
+on what else is in the batch; the fork pads a batch's items together, which changes the last frames of some
+items of a mixed-length batch slightly (`python -m step_audio_vllm.compare` measures the difference on real weights).
 """
 
 from __future__ import annotations
