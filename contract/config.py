@@ -148,6 +148,11 @@ class TaskConfig(Base):
     def answer_schema(self) -> dict[str, Any] | None:
         """The JSON Schema every answer of this task holds to, or None for free text."""
         return answer_schema(self.answer) if self.answer is not None else None
+    scope: Literal["recording", "item"] = Field(
+        "recording", description="recording: the model hears the whole file (its items packed into as few "
+        "requests as the engine's context takes; a file needing several is answered once more from their answers), "
+        "one answer row per file; item: one request and one row per item (at most the family's item length)."
+    )
 
 
 class OpenAIServerConfig(Base):

@@ -34,6 +34,9 @@ class GenerationRequest:
     prefill: str = "think"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     answer_schema: dict[str, Any] | None = None  # the answer must be JSON holding to it (contract.answers)
+    # The items are the consecutive pieces of one recording (or of one window of it), not separate clips:
+    # an engine that takes long audio itself (whisper's long-form transcription) joins them.
+    recording: bool = False
 
 
 @dataclass
@@ -57,6 +60,8 @@ class GenerationResult:
     error_class: str | None = None
     error: str | None = None
     retryable: bool = False
+    # Timestamped pieces of the answer, (start_s, end_s, text), from engines that make them (whisper).
+    segments: list[tuple[float, float, str]] | None = None
 
     @classmethod
     def failure(cls, request_id: str, exc: BaseException, *, retryable: bool) -> GenerationResult:
@@ -76,3 +81,7 @@ class ModelInfo:
     model_name: str
     family: str
     max_item_s: float
+    # The request budget, as the running engine has it (never a copy in the config): prompt + max_tokens must
+    # fit max_model_len, and a request holds at most max_audio_items items. None: no such bound.
+    max_model_len: int | None = None
+    max_audio_items: int | None = None
