@@ -105,6 +105,10 @@ class EngineServer:
     async def info(self) -> ModelInfo:
         return self.engine.info
 
+    async def text_tokens(self, system: str | None, question: str, prefill: str | None, up_to: int) -> list[int]:
+        """The prompt's text tokens with 0..`up_to` audio items (the pipeline packs recordings by them)."""
+        return await self.engine.text_tokens(system, question, prefill, up_to)
+
     async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Answer a batch concurrently, so the engine sees every request of it at once."""
         return list(await asyncio.gather(*(self.generate_one(r) for r in requests)))

@@ -1,7 +1,9 @@
 """What the output already holds, so a rerun answers only what is missing: resume and incremental runs.
 
 An item is answered for a task when the output has, for this model and prompt, either one row for each of
-its segments or its one item-level error row (the file could not be read or decoded). The scan only reads;
+its segments (scope item) or its one answer row: a row with neither segment_index nor part (scope recording:
+the answer, combined or not; or the file's one error row). A recording's parts (`part` set) are rows too: a
+rerun asks only the parts it lacks, and pipeline.combine makes the answer once all parts are in. The scan only reads;
 removing superseded rows is a step of its own (pipeline.prune), run before it.
 """
 
@@ -28,30 +30,36 @@ class Answered:
     """What the output holds for one model: tasks answered in full, and rows of tasks answered in part."""
 
     done: set[bytes] = field(default_factory=set)  # digest(item, task, prompt)
-    partial: set[bytes] = field(default_factory=set)  # digest(item, segment, task, prompt), of unfinished ones
+    partial: set[bytes] = field(default_factory=set)  # row_key(...) of the rows of unfinished ones
     rows: int = 0  # rows of this model already in the output
 
     def complete(self, item_id: str, asks: Iterable[tuple[str, str]]) -> bool:
         """Whether every (task, prompt) asked of the item is answered in full."""
         return all(digest(item_id, task, prompt) in self.done for task, prompt in asks)
 
-    def has(self, item_id: str, segment_index: int | None, task: str, prompt: str) -> bool:
-        return digest(item_id, segment_index, task, prompt) in self.partial
+    def has(self, item_id: str, segment_index: int | None, part: int | None, task: str, prompt: str) -> bool:
+        return row_key(item_id, segment_index, part, task, prompt) in self.partial
+
+
+def row_key(item_id: str, segment_index: int | None, part: int | None, task: str, prompt: str) -> bytes:
+    """One output row's identity: the item, which of its items (scope item) or windows (scope recording, when
+    answered in parts), the task and its prompt."""
+    return digest(item_id, segment_index, part, task, prompt)
 
 
 def scan(uri: str, model: str, storage: dict | None = None) -> Answered:
     """What `uri` answers with `model`: one fingerprint per answered (item, task, prompt), not per row."""
-    rows = read_output(uri, [*ASK, "segment_index", "segment_count"], pc.field("model") == model, storage)
+    rows = read_output(uri, [*ASK, "segment_index", "segment_count", "part"], pc.field("model") == model, storage)
+    rows = rows.append_column("answer_row", pc.and_(pc.is_null(rows["segment_index"]), pc.is_null(rows["part"])))
     asks = rows.group_by(ASK, use_threads=False).aggregate([
-        ("segment_index", "count_distinct"), ("segment_index", "count", pc.CountOptions(mode="only_null")),
-        ("segment_count", "max")])
-    whole = pc.or_kleene(pc.greater(asks["segment_index_count"], 0),  # the item's one error row
-                   pc.equal(asks["segment_index_count_distinct"], asks["segment_count_max"]))
+        ("segment_index", "count_distinct"), ("answer_row", "any"), ("segment_count", "max")])
+    whole = pc.or_kleene(asks["answer_row_any"],  # the recording's answer, or the file's one error row
+                         pc.equal(asks["segment_index_count_distinct"], asks["segment_count_max"]))
     whole = pc.fill_null(whole, False)
     done = asks.filter(whole)
     unfinished = rows.join(asks.filter(pc.invert(whole)).select(ASK), ASK, join_type="inner")
     return Answered(
         done={digest(*key) for key in zip(*(done[c].to_pylist() for c in ASK))},
-        partial={digest(item, index, task, prompt) for item, index, task, prompt in zip(
-            *(unfinished[c].to_pylist() for c in ("item_id", "segment_index", "task", "prompt")))},
+        partial={row_key(*key) for key in zip(
+            *(unfinished[c].to_pylist() for c in ("item_id", "segment_index", "part", "task", "prompt")))},
         rows=rows.num_rows)

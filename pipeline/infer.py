@@ -1,7 +1,8 @@
 """The inference stage: async Ray Data actors that send items to the Serve app through a handle.
 
-Each item row becomes one request per task; each request comes back as one output row. Rows that already
-carry an error (the file could not be read or decoded) become one error row per task without a call.
+Each request row (built before, by pipeline.pack) is sent as one request and comes back as one output row.
+Rows that already carry an error (the file could not be read or decoded, or does not fit the budget) are
+written as they are, without a call.
 
 A replica that dies takes the batches it held with it. Such a batch is sent again (a live replica takes
 it); one that keeps failing is split and each request tried alone, so the one item that kills engines is
@@ -19,12 +20,12 @@ import numpy as np
 import pyarrow as pa
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
-from contract.config import TaskConfig, asks
+from contract.config import TaskConfig
 from contract.messages import GenerationRequest, GenerationResult
 from contract.retry import Backoff, retry
-from pipeline.answered import digest
+from pipeline.answered import row_key
 from pipeline.metrics import PipelineMetrics
-from pipeline.progress import segment_reports
+from pipeline.progress import report
 from pipeline.rows import OUTPUT_SCHEMA, table
 
 logger = logging.getLogger(__name__)
@@ -40,29 +41,34 @@ class Quarantined(Exception):
     """The request failed every attempt, alone, each time with its replica or engine failing."""
 
 
-def request_id(item_id: str, segment_index: int | None, task: str) -> str:
+def request_id(item_id: str, segment_index: int | None, part: int | None, task: str) -> str:
     """Deterministic, so a request sent again after a failure is recognisably the same one."""
-    return f"{item_id}/{segment_index}/{task}"
+    return f"{item_id}/{segment_index}/{task}" if part is None else f"{item_id}/part{part}/{task}"
 
 
-def _result_columns(result: GenerationResult) -> dict[str, Any]:
+def _result_columns(result: GenerationResult, offset_s: float | None) -> dict[str, Any]:
     errors = result.error_fields()
+    segments = None
+    if result.segments is not None:  # times in the request's audio -> times in the file
+        segments = [{"start": start + (offset_s or 0.0), "end": end + (offset_s or 0.0), "text": text}
+                    for start, end, text in result.segments]
     return {
-        "reasoning": result.reasoning, "answer": result.answer, "finish_reason": result.finish_reason,
-        "truncated": result.truncated, "prompt_tokens": result.prompt_tokens,
+        "reasoning": result.reasoning, "answer": result.answer, "segments": segments,
+        "finish_reason": result.finish_reason, "truncated": result.truncated, "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens, "latency_s": result.latency_s,
         **({"error_stage": "infer", **errors} if errors else {}),
     }
 
 
 class Infer:
-    """Ray Data stage (async actors): item rows in, output rows out.
+    """Ray Data stage (async actors): request rows in (pipeline.rows.REQUEST_SCHEMA, built by pipeline.pack),
+    output rows out, one per request.
 
     `handle` is the Serve app's deployment handle, handed in by whoever opened the app (pipeline.run gets it
     from jobs/transcribe.py); each batch's requests go to its `generate`.
 
-    `skip` holds the rows the output already has (`pipeline.answered.digest(item_id, segment_index, task,
-    prompt)`) of items it holds only part of (a resumed run); those are not asked again.
+    `skip` holds the rows the output already has (`pipeline.answered.row_key`) of files it holds only part of
+    (a resumed run); those are not asked again.
     `progress` (a `pipeline.progress.ProgressCounter` actor) is told what each batch did; metrics
     (`pipeline.metrics`) are recorded from the rows it made.
     """
@@ -70,8 +76,8 @@ class Infer:
     def __init__(self, *, handle: Any, tasks: list[dict[str, Any]], model: str, run_id: str,
                  skip: set[bytes] = frozenset(), attempts: int = 3, progress: Any = None):
         self.handle = handle
-        self.tasks = [TaskConfig.model_validate(t) for t in tasks]
-        self.schemas = {t.name: t.answer_schema for t in self.tasks}
+        self.tasks = {t.name: t for t in (TaskConfig.model_validate(t) for t in tasks)}
+        self.schemas = {name: t.answer_schema for name, t in self.tasks.items()}
         self.common = {"model": model, "run_id": run_id}
         self.skip = skip
         self.attempts = attempts
@@ -79,37 +85,42 @@ class Infer:
         self.metrics = PipelineMetrics(model)
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
-        rows, requests, waiting = [], [], []
+        rows, requests, waiting, reports = [], [], [], []
         for item in batch.to_pylist():
-            audio, only_task, question = item.pop("audio"), item.pop("only_task"), item.pop("question")
+            audio, question = item.pop("audio"), item.pop("question")
+            progress = [item.pop(k) for k in ("request_index", "request_count", "recording_s")]
             start, end = item["start_s"], item["end_s"]
             item["duration_s"] = end - start if start is not None else None
-            # A manifest row naming an unknown task arrives as an error row: it is written under that name.
-            chosen = asks(self.tasks, only_task, question) or [TaskConfig(name=only_task, question=question or "")]
-            for task in chosen:
-                if digest(item["item_id"], item["segment_index"], task.name, task.question) in self.skip:
-                    continue
-                row = {**item, **self.common, "task": task.name, "prompt": task.question}
-                if item["error_class"]:
-                    rows.append(row)
-                    continue
-                waiting.append(row)
-                requests.append(GenerationRequest(
-                    request_id=request_id(item["item_id"], item["segment_index"], task.name),
-                    audio=[np.frombuffer(audio, dtype=np.float32)], question=task.question, system=task.system,
-                    prefill=task.prefill, sampling=task.sampling, answer_schema=self.schemas.get(task.name),
-                ))
+            key = row_key(item["item_id"], item["segment_index"], item["part"], item["task"], item["prompt"])
+            if key in self.skip:
+                reports.append((item["item_id"], *progress, None))
+                continue
+            row = {**item, **self.common}
+            reports.append((item["item_id"], *progress, row))
+            if item["error_class"]:
+                rows.append(row)
+                continue
+            task = self.tasks[item["task"]]
+            waiting.append(row)
+            requests.append(GenerationRequest(
+                request_id=request_id(item["item_id"], item["segment_index"], item["part"], task.name),
+                audio=[np.frombuffer(a, dtype=np.float32) for a in audio or []], question=question,
+                system=task.system, prefill=task.prefill, sampling=task.sampling,
+                recording=item["scope"] == "recording", answer_schema=self.schemas[task.name],
+            ))
         if requests:
             with self.metrics.calling(len(requests)):
                 results = await self._generate(requests)
-            rows.extend({**row, **_result_columns(result)} for row, result in zip(waiting, results, strict=True))
+            for row, result in zip(waiting, results, strict=True):
+                row.update(_result_columns(result, row["start_s"]))
+                rows.append(row)
         now = datetime.now(timezone.utc)
         for row in rows:
             row["created_at"] = now
         out = table(rows, OUTPUT_SCHEMA)
         self.metrics.record(out)
-        if self.progress is not None:
-            self.progress.add.remote(segment_reports(batch, out))  # not awaited: progress never slows a batch
+        if self.progress is not None:  # not awaited: progress never slows a batch
+            self.progress.add.remote([report(*r) for r in reports])
         return out
 
     async def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:

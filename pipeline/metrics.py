@@ -95,11 +95,13 @@ class PipelineMetrics:
 
     def record(self, rows: pa.Table) -> None:
         """Everything countable in one batch's output rows (OUTPUT_SCHEMA)."""
-        audio = {}  # (item_id, segment_index) -> duration: once per segment, whatever the number of tasks
+        audio = {}  # (item_id, start_s) -> duration: once per item or window, whatever the number of tasks
         requests, tokens, errors = Tally(), Tally(), Tally()
         for row in rows.to_pylist():
-            if row["segment_index"] is not None and row["duration_s"] is not None:
-                audio[(row["item_id"], row["segment_index"])] = row["duration_s"]
+            combined = row["part"] is None and row["part_count"] is not None  # its parts counted the audio
+            if row["duration_s"] is not None and not combined:
+                key = (row["item_id"], row["start_s"])
+                audio[key] = max(audio.get(key, 0.0), row["duration_s"])
             if row["error_class"] is not None:
                 errors[(row["error_stage"] or "unknown", row["error_class"])] += 1
             if row["finish_reason"] is None:  # never reached the model (read or decode error)

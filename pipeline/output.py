@@ -43,8 +43,9 @@ def read_output(uri: str, columns: list[str], where: pc.Expression | None = None
 
 
 def audio_seconds(rows: pa.Table) -> float:
-    """Seconds of audio behind `rows` (with item_id, segment_index, duration_s): each segment counted once,
-    whatever the number of tasks asked of it; item-level error rows have no audio."""
-    cut = rows.filter(pc.is_valid(rows["segment_index"]))
-    segments = cut.group_by(["item_id", "segment_index"]).aggregate([("duration_s", "max")])
-    return float(pc.sum(segments["duration_s_max"]).as_py() or 0.0)
+    """Seconds of audio behind `rows` (with item_id, start_s, end_s): per file, the span its rows cover
+    (earliest start to latest end), counted once whatever the tasks, items, windows and scopes asked of it;
+    file-level error rows have no audio."""
+    cut = rows.filter(pc.is_valid(rows["start_s"]))
+    files = cut.group_by(["item_id"]).aggregate([("start_s", "min"), ("end_s", "max")])
+    return float(pc.sum(pc.subtract(files["end_s_max"], files["start_s_min"])).as_py() or 0.0)

@@ -1,6 +1,7 @@
-"""The CPU stage: read each file, decode it to 16 kHz mono, cut it into items. One row per item.
+"""The CPU stage: read each file, decode it to 16 kHz mono, cut it into items, and pack the items into the
+file's requests (pipeline.pack). One row per request.
 
-A file that cannot be read or decoded yields one error row instead, so every file has an outcome.
+A file that cannot be read or decoded yields one error row per task instead, so every file has an outcome.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import pyarrow as pa
 
 from contract.audio import SAMPLE_RATE, DecodeError, decode_with_info
 from contract.segment import segment
-from pipeline.rows import SEGMENT_SCHEMA, error_columns, table
+from contract.config import TaskConfig
+from contract.messages import ModelInfo
+from pipeline.pack import file_requests, text_tokens
+from pipeline.rows import REQUEST_SCHEMA, error_columns, table
 from pipeline.storage import open_fs
 
 
@@ -88,9 +92,14 @@ def prepare_audio(base: dict[str, Any], data: bytes, *, max_item_s: float, searc
             for index, (start, end) in enumerate(bounds)]
 
 
-def prepare_batch(batch: pa.Table, **options: Any) -> pa.Table:
-    """Ray Data stage (stateless tasks): listed files in, item rows out. `options` as `prepare_file`."""
+def prepare_batch(batch: pa.Table, *, tasks: list[dict[str, Any]], info: ModelInfo, handle: Any,
+                  **options: Any) -> pa.Table:
+    """Ray Data stage (stateless tasks): listed files in, request rows out. `tasks` are the config's (dumped),
+    `info` the app's ModelInfo (its budget), `handle` the app (asked for prompt text tokens); `options` as
+    `prepare_file`."""
+    chosen = [TaskConfig.model_validate(t) for t in tasks]
     rows = []
     for source in batch.to_pylist():
-        rows.extend(prepare_file(source, **options))
-    return table(rows, SEGMENT_SCHEMA)
+        rows.extend(file_requests(prepare_file(source, **options), chosen, info,
+                                  lambda task: text_tokens(handle, task)))
+    return table(rows, REQUEST_SCHEMA)

@@ -5,11 +5,11 @@ forget; a thread in the driver asks it for its counts every few seconds and prin
 place on a terminal and as a plain log line every LOG_INTERVAL_S otherwise (as under `ray job submit` or
 cron), and a final line at the end.
 
-It does not guess. Counts come from what the inference stage produced, segment by segment: a file is done
-when every one of its segments has come out of it (or its one error row has); segments are "known" once
-the first segment of their file reaches the stage (a file's segment count is known only after decoding it),
-so the line says "segments done of segments known". The ETA comes from files done against the plan's files.
-A segment reported twice (a batch re-run after its actor died) is counted once.
+It does not guess. Counts come from what the inference stage produced, request by request: a file is done
+when every one of its requests (per task: its windows, its items, or its error row) has come out of it;
+requests are "known" once the first request of their file reaches the stage (a file's requests are known only
+after decoding and packing it), so the line says "requests done of requests known". The ETA comes from files
+done against the plan's files. A request reported twice (a batch re-run after its actor died) is counted once.
 """
 
 from __future__ import annotations
@@ -22,70 +22,57 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, TextIO
 
-import pyarrow as pa
 
 TERMINAL_INTERVAL_S = 1.0
 LOG_INTERVAL_S = 15.0
 REPLICA_SAMPLE_S = 5.0
 
 
-def segment_reports(items: pa.Table, rows: pa.Table) -> list[tuple]:
-    """What one inference batch did, per input item row: `(item_id, segment_index, segment_count,
-    duration_s, rows written, {error stage: rows})`. `items` is the batch in (SEGMENT_SCHEMA), `rows` what it
-    produced (OUTPUT_SCHEMA)."""
-    made: dict[tuple, list] = {}
-    for row in rows.select(["item_id", "segment_index", "error_stage"]).to_pylist():
-        entry = made.setdefault((row["item_id"], row["segment_index"]), [0, Counter()])
-        entry[0] += 1
-        if row["error_stage"] is not None:
-            entry[1][row["error_stage"]] += 1
-    reports = []
-    for item in items.select(["item_id", "segment_index", "segment_count", "start_s", "end_s"]).to_pylist():
-        key = (item["item_id"], item["segment_index"])
-        written, errors = made.get(key, (0, Counter()))
-        duration = item["end_s"] - item["start_s"] if item["start_s"] is not None else 0.0
-        reports.append((*key, item["segment_count"], duration, written, dict(errors)))
-    return reports
+def report(item_id: str, request_index: int, request_count: int, recording_s: float | None,
+           row: dict[str, Any] | None) -> tuple:
+    """What the inference stage did with one request row: `(item_id, request index, requests of the file, file
+    seconds, rows written, {error stage: rows})`; `row` is the output row it wrote, None if it skipped it (the
+    output had it already)."""
+    stage = row.get("error_stage") if row else None
+    return (item_id, request_index, request_count, recording_s or 0.0, int(row is not None),
+            {stage: 1} if stage else {})
 
 
 class ProgressCounter:
     """The run's counts, fed by the inference actors (`add`) and read by the driver (`counts`).
 
-    Memory holds only the files that are partly done (their segment indices seen so far)."""
+    A file is done when every one of its requests (each task's windows or items, or its error rows) has come
+    out of the inference stage; its audio counts then. Memory holds only the files that are partly done."""
 
     def __init__(self):
-        self.open: dict[str, tuple[int, set[int]]] = {}  # item_id -> (segment count, indices done)
+        self.open: dict[str, tuple[int, set[int]]] = {}  # item_id -> (request count, indices done)
         self.files_done = 0
-        self.segments_known = 0
-        self.segments_done = 0
+        self.requests_known = 0
+        self.requests_done = 0
         self.rows = 0
         self.audio_s = 0.0
         self.errors: Counter[str] = Counter()  # error rows by stage
 
     def add(self, reports: list[tuple]) -> None:
-        for item_id, index, count, duration, written, errors in reports:
-            if index is None:  # the file failed before it was cut: its error rows are its outcome
-                self.files_done += 1
-            else:
-                if item_id not in self.open:
-                    self.open[item_id] = (count, set())
-                    self.segments_known += count
-                total, done = self.open[item_id]
-                if index in done:
-                    continue  # reported before
-                done.add(index)
-                self.segments_done += 1
-                if written:
-                    self.audio_s += duration
-                if len(done) == total:
-                    del self.open[item_id]
-                    self.files_done += 1
+        for item_id, index, count, recording_s, written, errors in reports:
+            if item_id not in self.open:
+                self.open[item_id] = (count, set())
+                self.requests_known += count
+            total, done = self.open[item_id]
+            if index in done:
+                continue  # reported before (a batch re-run after its actor died)
+            done.add(index)
+            self.requests_done += 1
             self.rows += written
             self.errors.update(errors)
+            if len(done) == total:
+                del self.open[item_id]
+                self.files_done += 1
+                self.audio_s += recording_s
 
     def counts(self) -> dict[str, Any]:
-        return {"files_done": self.files_done, "segments_known": self.segments_known,
-                "segments_done": self.segments_done, "rows": self.rows, "audio_s": self.audio_s,
+        return {"files_done": self.files_done, "requests_known": self.requests_known,
+                "requests_done": self.requests_done, "rows": self.rows, "audio_s": self.audio_s,
                 "errors": dict(self.errors)}
 
 
@@ -100,8 +87,8 @@ class Snapshot:
     files_todo: int
     elapsed_s: float
     files_done: int = 0
-    segments_known: int = 0
-    segments_done: int = 0
+    requests_known: int = 0
+    requests_done: int = 0
     rows: int = 0
     audio_s: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
@@ -129,7 +116,7 @@ class Snapshot:
             f"{errors} errors" + (f" ({by_stage})" if errors else ""),
             f"{self.audio_s / 3600:.3f} audio h",
             f"{self.audio_hours_per_hour:.1f} audio h/h",
-            f"{self.segments_done} of {self.segments_known} known segments",
+            f"{self.requests_done} of {self.requests_known} known requests",
         ]
         if final:
             return f"progress: {final}: " + ", ".join(parts) + f", {self.rows} rows in {_duration(self.elapsed_s)}"

@@ -21,7 +21,7 @@ from pipeline.storage import open_fs
 
 logger = logging.getLogger(__name__)
 
-KEY = ["item_id", "segment_index", "task", "model", "prompt"]
+KEY = ["item_id", "segment_index", "part", "task", "model", "prompt"]
 
 
 def prune(uri: str, *, drop_retryable: bool = False, storage: dict | None = None) -> int:

@@ -47,7 +47,8 @@ logger = logging.getLogger(__name__)
 REPORTS = "_reports"
 TEMPLATES = Path(__file__).parent / "templates"
 DATA_COLOR = "#1f77b4"  # every plot draws its data in this colour (tests look for it)
-COLUMNS = ["item_id", "source_uri", "segment_index", "duration_s", "task", "model", "reasoning", "answer",
+COLUMNS = ["item_id", "source_uri", "segment_index", "start_s", "end_s", "duration_s", "scope", "part",
+           "part_count", "task", "model", "reasoning", "answer",
            "finish_reason", "truncated", "prompt_tokens", "completion_tokens", "latency_s", "error", "error_class",
            "error_stage", "retryable", "run_id", "created_at"]
 

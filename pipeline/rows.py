@@ -12,22 +12,31 @@ import pyarrow as pa
 
 from contract.messages import error_fields
 
-SEGMENT_SCHEMA = pa.schema([
+REQUEST_SCHEMA = pa.schema([  # what prepare + pack hand to infer: one row per request (or its error)
     ("item_id", pa.string()),
     ("source_uri", pa.string()),
-    ("segment_index", pa.int32()),
-    ("segment_count", pa.int32()),
-    ("start_s", pa.float64()),
-    ("end_s", pa.float64()),
-    ("audio", pa.binary()),  # float32 mono 16 kHz samples; bytes pass through Arrow without conversion
-    ("only_task", pa.string()),  # from a manifest row: ask only this task
-    ("question", pa.string()),  # from a manifest row: the item's own question
+    ("segment_index", pa.int32()),  # scope item: the item's index; scope recording: null
+    ("segment_count", pa.int32()),  # items the file was cut into
+    ("start_s", pa.float64()),  # the request's audio: its first item's start ...
+    ("end_s", pa.float64()),  # ... and its last item's end, in the file
+    ("audio", pa.list_(pa.binary())),  # its items, float32 mono 16 kHz samples each; empty for a combining request
+    ("task", pa.string()),
+    ("prompt", pa.string()),  # the task's question (or the manifest row's own): what the row is an answer to
+    ("question", pa.string()),  # the text sent: the prompt, or for a combining request the parts' answers too
+    ("scope", pa.string()),
+    ("part", pa.int32()),  # a window of a recording answered in several: its index; else null
+    ("part_count", pa.int32()),  # windows the recording needed, when more than one
+    ("request_index", pa.int32()),  # this request among the file's requests (every task), for progress
+    ("request_count", pa.int32()),
+    ("recording_s", pa.float64()),  # the file's length, for progress
     ("metadata", pa.string()),  # from a manifest row: its other columns as a JSON object
     ("error_stage", pa.string()),
     ("error_class", pa.string()),
     ("error", pa.string()),
     ("retryable", pa.bool_()),
 ])
+
+SEGMENT = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("text", pa.string())])
 
 OUTPUT_SCHEMA = pa.schema([
     ("item_id", pa.string()),
@@ -37,11 +46,15 @@ OUTPUT_SCHEMA = pa.schema([
     ("start_s", pa.float64()),
     ("end_s", pa.float64()),
     ("duration_s", pa.float64()),
+    ("scope", pa.string()),  # recording: the answer is about the whole file (or one part of it); item: one item
+    ("part", pa.int32()),  # a window of a recording answered in several parts; null on every answer row
+    ("part_count", pa.int32()),  # windows of the recording: on its parts and on the answer combined from them
     ("task", pa.string()),
     ("prompt", pa.string()),
     ("model", pa.string()),
     ("reasoning", pa.string()),
     ("answer", pa.string()),
+    ("segments", pa.list_(SEGMENT)),  # timestamped pieces of the answer, seconds in the file (whisper, recording)
     ("finish_reason", pa.string()),
     ("truncated", pa.bool_()),
     ("prompt_tokens", pa.int64()),

@@ -1,7 +1,8 @@
 """Composes the stages into one lazy Dataset and runs it against the Serve app.
 
-    plan (listing less what is answered) ─► prepare (read, decode, segment; CPU tasks)
+    plan (listing less what is answered) ─► prepare (read, decode, segment, pack into requests; CPU tasks)
         ─► infer (async actors ─► Serve app) ─► Parquet (one file committed per write task)
+        ─► combine (recordings answered in parts: one more text-only request each, same infer and sink)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ray
 from contract.config import Config, ConfigError
 from contract.messages import ModelInfo
 from pipeline.answered import Answered, scan
+from pipeline.combine import combine
 from pipeline.infer import Infer
 from pipeline.manifest import read_manifest
 from pipeline.output import audio_seconds, read_output
@@ -95,7 +97,8 @@ def build_dataset(config: Config, plan: Plan, answered: Answered, info: ModelInf
         prepare, batch_format="pyarrow", batch_size=batch_size, num_cpus=r.decode_cpus,
         fn_kwargs={"max_item_s": item_seconds(config, info), "search_s": config.segment.search_s,
                    "max_duration_s": config.audio.max_duration_s, "max_size_mb": config.input.max_size_mb,
-                   "storage": storage, **sharded},
+                   "storage": storage, "tasks": [t.model_dump() for t in config.tasks], "info": info,
+                   "handle": handle, **sharded},
     )
     return items.map_batches(
         Infer, batch_format="pyarrow", batch_size=r.batch_size, num_cpus=r.infer_cpus,
@@ -123,7 +126,7 @@ def plan_dataset(config: Config, plan: Plan) -> ray.data.Dataset:
 
 def count_written(output_uri: str, run_id: str, storage: dict) -> tuple[int, int, float]:
     """Rows, error rows and audio seconds this run wrote, counted from the output itself."""
-    written = read_output(output_uri, ["item_id", "segment_index", "duration_s", "error_class"],
+    written = read_output(output_uri, ["item_id", "start_s", "end_s", "error_class"],
                           pc.field("run_id") == run_id, storage)
     errors = pc.count(written["error_class"]).as_py()  # counts the non-null ones
     return written.num_rows, errors, audio_seconds(written)
@@ -166,6 +169,8 @@ def run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], *,
                     dataset = build_dataset(config, plan, answered, info, run_id, handle, tracker.counter)
                     dataset.write_datasink(ParquetSink(output, run_id, config.output.rows_per_file, storage),
                                            ray_remote_args={"num_cpus": config.resources.write_cpus})
+                # Recordings answered in parts get their one answer (pipeline.combine), also a dead run's.
+                combine(config, model, run_id, handle)
     finally:
         remove_plan(plan, storage)
     rows, errors, audio_s = count_written(output, run_id, storage)

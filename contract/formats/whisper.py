@@ -32,7 +32,7 @@ class WhisperFormat(ModelFormat):
 FORMAT = WhisperFormat(
     family="whisper",
     max_item_s=30.0,  # one encoder window
-    max_items_per_request=1,  # one audio per transcription call
+    max_items_per_request=None,  # an item alone, or a recording's items joined for long-form transcription
     stop_token_ids=[],
     stop=[],
     skip_special_tokens=True,

@@ -55,8 +55,17 @@ class Engine(abc.ABC):
 
     @property
     def info(self) -> ModelInfo:
-        """The model's name, family and longest audio item."""
-        return ModelInfo(self.config.model_name, self.config.family, self._format.max_item_s)
+        """The model's name, family, longest audio item and request budget (none known by default)."""
+        return ModelInfo(self.config.model_name, self.config.family, self._format.max_item_s,
+                         max_audio_items=self._format.max_items_per_request)
+
+    async def text_tokens(self, system: str | None, question: str, prefill: str | None, up_to: int) -> list[int]:
+        """The prompt's text tokens when it holds 0, 1, ... `up_to` audio items (placeholders not counted: they
+        expand to the items' audio tokens), for packing a recording into requests. Engines without a tokenizer
+        count UTF-8 bytes: at least the tokens of any byte-level tokenizer, so a packing from them still fits."""
+        fmt, mode = self._format, checked_prefill(self._format, prefill)
+        return [len(fmt.render_prompt(system=system, question=question, num_audio=n, prefill=mode).encode())
+                for n in range(up_to + 1)]
 
     @abc.abstractmethod
     async def generate(self, request: GenerationRequest) -> GenerationResult:

