@@ -26,8 +26,9 @@ def finished_run(request, ray_cluster, tmp_path_factory):
     (inputs / "readme.txt").write_text("not audio")
     out = tmp_path_factory.mktemp("out")
     config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", "deployment.app_name=test-run"])
+    # A mix of scopes in one job: the whole recording, and each item alone.
     config.tasks = [TaskConfig(name="transcribe", question="Please transcribe the audio."),
-                    TaskConfig(name="again", question="Transcribe it once more.")]
+                    TaskConfig(name="again", question="Transcribe it once more.", scope="item")]
     with pytest.MonkeyPatch.context() as patch:
         if request.param == "plan streamed":
             patch.setattr(plan, "CHUNK", 3)
@@ -44,12 +45,17 @@ def test_schema_is_the_documented_one(finished_run):
 
 def test_every_file_and_task_has_its_rows_and_nothing_twice(finished_run):
     summary, rows, _, inputs = finished_run
-    keys = [(r["source_uri"], r["segment_index"], r["task"]) for r in rows]
+    keys = [(r["source_uri"], r["segment_index"], r["part"], r["task"]) for r in rows]
     assert len(keys) == len(set(keys))
     by_file = {Path(r["source_uri"]).name for r in rows}
     assert by_file == {p.name for p in inputs.iterdir() if p.suffix != ".txt"}
     for name in by_file:
-        for task in ("transcribe", "again"):
+        # Scope recording: one answer row per file (whisper takes a whole recording in one request).
+        (whole,) = [r for r in rows if Path(r["source_uri"]).name == name and r["task"] == "transcribe"]
+        assert whole["scope"] == "recording" and whole["segment_index"] is None and whole["part"] is None
+        if name != "corrupt.wav":
+            assert whole["start_s"] == 0 and whole["end_s"] > 0
+        for task in ("again",):
             segments = sorted((r for r in rows if Path(r["source_uri"]).name == name and r["task"] == task),
                               key=lambda r: r["segment_index"] or 0)
             assert segments, (name, task)
@@ -78,10 +84,17 @@ def test_corrupt_file_is_one_error_row_per_task(finished_run):
 
 def test_long_file_is_cut_into_items_of_at_most_25_s(finished_run):
     _, rows, _, _ = finished_run
-    lecture = [r for r in rows if r["source_uri"].endswith("lecture.wav") and r["task"] == "transcribe"]
+    lecture = [r for r in rows if r["source_uri"].endswith("lecture.wav") and r["task"] == "again"]
     assert len(lecture) >= 2
     assert all(0 < r["duration_s"] <= 30.0 for r in lecture)  # whisper's limit
     assert sum(r["duration_s"] for r in lecture) > 25
+    (whole,) = [r for r in rows if r["source_uri"].endswith("lecture.wav") and r["task"] == "transcribe"]
+    assert whole["duration_s"] == pytest.approx(sum(r["duration_s"] for r in lecture))
+    # Its timestamped segments, in order, within the file, and together its answer.
+    segments = whole["segments"]
+    assert len(segments) >= 2 and segments[-1]["end"] > 25
+    assert all(0 <= a["start"] <= a["end"] <= b["start"] + 1e-6 for a, b in zip(segments, segments[1:]))
+    assert " ".join(s["text"] for s in segments) == whole["answer"]
 
 
 def test_transcripts_match_the_spoken_text(finished_run, transcripts):
@@ -94,7 +107,7 @@ def test_transcripts_match_the_spoken_text(finished_run, transcripts):
     for name, text in transcripts.items():
         for task in ("transcribe", "again"):
             parts = sorted((r for r in good if Path(r["source_uri"]).name == name and r["task"] == task),
-                           key=lambda r: r["segment_index"])
+                           key=lambda r: r["start_s"])
             assert word_error_rate(text, " ".join(r["answer"] for r in parts)) <= 0.3, name
 
 
