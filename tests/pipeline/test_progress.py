@@ -6,18 +6,16 @@ import re
 import shutil
 import time
 
-import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
 import pipeline.progress
 from jobs.transcribe import main
-from pipeline.progress import Progress, ProgressCounter, Snapshot, segment_reports
-from pipeline.rows import OUTPUT_SCHEMA, SEGMENT_SCHEMA
+from pipeline.progress import Progress, ProgressCounter, Snapshot, report
 from tests.conftest import SAMPLES, samples_in
 
 FINAL = re.compile(r"progress: done: (\d+)/(\d+) files \(100%\), (\d+) errors(?: \(([^)]*)\))?, ([\d.]+) audio h, "
-                   r"([\d.]+) audio h/h, (\d+) of (\d+) known segments, (\d+) rows in [\d:]+$")
+                   r"([\d.]+) audio h/h, (\d+) of (\d+) known requests, (\d+) rows in [\d:]+$")
 
 
 def wait_for(condition, timeout_s: float = 60.0) -> None:
@@ -32,46 +30,35 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_a_file_is_done_when_all_its_segments_are_and_repeats_count_once():
+def test_a_file_is_done_when_all_its_requests_are_and_repeats_count_once():
+    # (item_id, request index, requests of the file, file seconds, rows written, {error stage: rows})
     counter = ProgressCounter()
-    counter.add([("a", 0, 2, 25.0, 2, {}), ("b", 0, 1, 5.0, 2, {"infer": 1})])
-    assert counter.counts() == {"files_done": 1, "segments_known": 3, "segments_done": 2, "rows": 4,
-                                "audio_s": 30.0, "errors": {"infer": 1}}
-    counter.add([("a", 0, 2, 25.0, 2, {}), ("bad", None, None, 0.0, 2, {"decode": 2})])  # a's segment 0 again
-    assert counter.counts()["files_done"] == 2 and counter.counts()["rows"] == 6
-    counter.add([("a", 1, 2, 10.0, 2, {})])
-    assert counter.counts() == {"files_done": 3, "segments_known": 3, "segments_done": 3, "rows": 8,
-                                "audio_s": 40.0, "errors": {"infer": 1, "decode": 2}}
+    counter.add([("a", 0, 2, 40.0, 1, {}), ("b", 0, 1, 5.0, 1, {"infer": 1})])
+    assert counter.counts() == {"files_done": 1, "requests_known": 3, "requests_done": 2, "rows": 2,
+                                "audio_s": 5.0, "errors": {"infer": 1}}
+    counter.add([("a", 0, 2, 40.0, 1, {}), ("bad", 0, 1, 0.0, 1, {"decode": 1})])  # a's request 0 again
+    assert counter.counts()["files_done"] == 2 and counter.counts()["rows"] == 3
+    counter.add([("a", 1, 2, 40.0, 1, {})])
+    assert counter.counts() == {"files_done": 3, "requests_known": 4, "requests_done": 4, "rows": 4,
+                                "audio_s": 45.0, "errors": {"infer": 1, "decode": 1}}
     assert counter.open == {}  # nothing kept for finished files
 
 
-def test_segment_reports_count_the_rows_the_batch_made():
-    items = pa.Table.from_pylist([
-        {"item_id": "a", "segment_index": 0, "segment_count": 2, "start_s": 0.0, "end_s": 25.0},
-        {"item_id": "a", "segment_index": 1, "segment_count": 2, "start_s": 25.0, "end_s": 30.0},  # all skipped
-        {"item_id": "bad", "error_stage": "decode", "error_class": "DecodeError"},
-    ], schema=SEGMENT_SCHEMA)
-    rows = pa.Table.from_pylist([
-        {"item_id": "a", "segment_index": 0, "task": "t1"},
-        {"item_id": "a", "segment_index": 0, "task": "t2", "error_stage": "infer", "error_class": "RequestTimeout"},
-        {"item_id": "bad", "task": "t1", "error_stage": "decode"},
-        {"item_id": "bad", "task": "t2", "error_stage": "decode"},
-    ], schema=OUTPUT_SCHEMA)
-    assert segment_reports(items, rows) == [("a", 0, 2, 25.0, 2, {"infer": 1}), ("a", 1, 2, 5.0, 0, {}),
-                                            ("bad", None, None, 0.0, 2, {"decode": 2})]
-    counter = ProgressCounter()
-    counter.add(segment_reports(items, rows))
-    assert counter.counts()["audio_s"] == 25.0  # a segment that made no row was not answered by this run
+def test_a_report_says_what_became_of_one_request_row():
+    assert report("a", 0, 3, 61.5, {"item_id": "a", "error_stage": None}) == ("a", 0, 3, 61.5, 1, {})
+    assert report("a", 1, 3, 61.5, {"error_stage": "infer"}) == ("a", 1, 3, 61.5, 1, {"infer": 1})
+    assert report("a", 2, 3, 61.5, None) == ("a", 2, 3, 61.5, 0, {})  # skipped: the output had it
+    assert report("bad", 0, 1, None, {"error_stage": "decode"}) == ("bad", 0, 1, 0.0, 1, {"decode": 1})
 
 
 def test_speed_and_eta_come_from_what_is_done():
-    snap = Snapshot(files_todo=10, elapsed_s=600, files_done=4, segments_known=9, segments_done=8, rows=8,
+    snap = Snapshot(files_todo=10, elapsed_s=600, files_done=4, requests_known=9, requests_done=8, rows=8,
                     audio_s=1800.0, errors={"decode": 1})
     assert snap.audio_hours_per_hour == 3.0 and snap.eta_s == 900
     assert snap.line() == ("progress: 4/10 files (40%), ETA 15:00, 1 errors (decode 1), 0.500 audio h, 3.0 audio h/h, "
-                           "8 of 9 known segments, elapsed 10:00")
+                           "8 of 9 known requests, elapsed 10:00")
     assert snap.line(final="stopped") == ("progress: stopped: 4/10 files (40%), 1 errors (decode 1), 0.500 audio h, "
-                                          "3.0 audio h/h, 8 of 9 known segments, 8 rows in 10:00")
+                                          "3.0 audio h/h, 8 of 9 known requests, 8 rows in 10:00")
     assert Snapshot(files_todo=10, elapsed_s=5).eta_s is None
 
 
@@ -85,7 +72,7 @@ def test_terminal_line_is_rewritten_in_place_and_ends_with_a_final_line(ray_clus
     updates = text.split("\r\x1b[K")
     assert len(updates) >= 4 and all("\n" not in u for u in updates[1:-1])
     assert updates[-1].startswith("progress: done: 3/3 files (100%), 0 errors, 3.000 audio h")
-    assert "3 of 3 known segments, 3 rows in" in updates[-1]
+    assert "3 of 3 known requests, 3 rows in" in updates[-1]
     assert updates[-1].endswith("\n")
 
 
@@ -115,13 +102,14 @@ def test_the_job_shows_progress_that_matches_the_output_and_quiet_hides_it(whisp
     assert len(lines) >= 2 and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d progress: ", x) for x in lines)
     final = FINAL.search(lines[-1])
     assert final, lines[-1]
-    files, todo, errors, by_stage, hours, _, segments, known, rows = final.groups()
+    files, todo, errors, by_stage, hours, _, requests, known, rows = final.groups()
     table = pads.dataset(str(out)).to_table().to_pylist()
-    cut = {(r["item_id"], r["segment_index"]): r["duration_s"] for r in table if r["segment_index"] is not None}
+    heard = {r["item_id"]: r["duration_s"] for r in table if r["segment_index"] is None and r["start_s"] is not None}
     assert (int(files), int(todo)) == (4, 4)
-    assert int(segments) == int(known) == len(cut) == 4  # the lecture is two items
+    # Scope recording: one request per file (the lecture's two items go together), the broken file's error too.
+    assert int(requests) == int(known) == len(table) == 4 and len(heard) == 3
     assert int(rows) == len(table)
-    assert float(hours) == pytest.approx(sum(cut.values()) / 3600, abs=0.0005)
+    assert float(hours) == pytest.approx(sum(heard.values()) / 3600, abs=0.0005)
     assert int(errors) == 1 and by_stage == "decode 1"
 
     shutil.copy(SAMPLES / "note.m4a", inputs / "note.m4a")
