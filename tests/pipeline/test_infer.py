@@ -14,9 +14,9 @@ from ray.exceptions import ActorDiedError
 import pipeline.infer
 from contract.messages import GenerationResult
 from contract.retry import Backoff
-from pipeline.answered import digest
+from pipeline.answered import row_key
 from pipeline.infer import Infer
-from pipeline.rows import SEGMENT_SCHEMA
+from pipeline.rows import REQUEST_SCHEMA
 
 
 class HandleWhoseReplicaDiesOnPoison:
@@ -46,8 +46,10 @@ def stage(**kwargs) -> Infer:
 def items(*ids) -> pa.Table:
     audio = np.zeros(1600, np.float32).tobytes()
     return pa.Table.from_pylist([{"item_id": i, "source_uri": f"/{i}.wav", "segment_index": 0, "segment_count": 1,
-                                  "start_s": 0.0, "end_s": 0.1, "audio": audio} for i in ids],
-                                schema=SEGMENT_SCHEMA)
+                                  "start_s": 0.0, "end_s": 0.1, "audio": [audio], "task": "t", "prompt": "q",
+                                  "question": "q", "scope": "item", "request_index": 0, "request_count": 1,
+                                  "recording_s": 0.1} for i in ids],
+                                schema=REQUEST_SCHEMA)
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +71,7 @@ def test_poison_item_is_quarantined_and_the_rest_answered():
 
 
 def test_rows_already_written_are_not_asked_again():
-    infer = stage(skip={digest("a", 0, "t", "q")})
+    infer = stage(skip={row_key("a", 0, None, "t", "q")})
     out = asyncio.run(infer(items("a", "b"))).to_pylist()
     assert [r["item_id"] for r in out] == ["b"]
     assert infer.handle.calls == [["b/0/t"]]

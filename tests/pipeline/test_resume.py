@@ -18,7 +18,7 @@ from deployments.app import serving
 from pipeline.run import run
 from tests.conftest import ROOT, SAMPLES
 
-KEY = ("item_id", "segment_index", "task", "model", "prompt")
+KEY = ("item_id", "segment_index", "part", "task", "model", "prompt")
 
 
 def copy_samples(folder: Path, copies: int = 1, names=None) -> int:
@@ -35,7 +35,8 @@ def rows(out: Path) -> list[dict]:
 
 
 def assert_one_outcome_per_key(out: Path, inputs: Path) -> list[dict]:
-    """Every input file has its rows (one per segment for each task), and no key appears twice."""
+    """Every input file has its rows (for each task one answer, or one per segment for scope item), and no key
+    appears twice."""
     written = rows(out)
     counts = Counter(tuple(r[k] for k in KEY) for r in written)
     assert max(counts.values()) == 1, [k for k, n in counts.items() if n > 1]
@@ -46,6 +47,8 @@ def assert_one_outcome_per_key(out: Path, inputs: Path) -> list[dict]:
             segments = {(x["segment_index"]) for x in written
                         if x["item_id"] == r["item_id"] and x["task"] == r["task"]}
             assert segments == set(range(r["segment_count"]))
+    answers = Counter((r["item_id"], r["task"]) for r in written if r["segment_index"] is None and r["part"] is None)
+    assert set(answers.values()) == {1}
     return written
 
 
@@ -54,11 +57,11 @@ def test_rerun_adds_nothing_and_new_files_add_exactly_their_rows(whisper_app, tm
     copy_samples(inputs, names={"greeting.wav", "story.ogg", "lecture.wav"})
     config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app])
     first = run(config, serving)
-    assert first.rows == 4 and first.skipped == 0  # the lecture is two items
+    assert first.rows == 3 and first.skipped == 0  # one answer per recording (the lecture's two items together)
 
     second = run(config, serving)
     assert (second.rows, second.skipped, second.files) == (0, 3, 3)
-    assert len(rows(out)) == 4
+    assert len(rows(out)) == 3
 
     copy_samples(inputs, names={"note.m4a", "weather.flac"})
     (inputs / "0_note.m4a").rename(inputs / "new note.m4a")
