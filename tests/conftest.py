@@ -190,3 +190,21 @@ def samples_in(folder: Path, *names: str) -> Path:
     for name in names:
         shutil.copy(SAMPLES / name, folder / name)
     return folder
+
+
+def joined_samples(path: Path, times: int = 3, gap_s: float = 0.5) -> str:
+    """Writes the sample clips joined into one WAV at `path` (the set `times` over, `gap_s` of silence between
+    clips: about 3.5 minutes of real speech for times=3) and returns its transcript."""
+    import numpy as np
+    import soundfile
+
+    from contract.audio import decode
+
+    texts = json.loads((ROOT / "samples" / "transcripts.json").read_text())
+    names = sorted(texts)
+    gap = np.zeros(int(gap_s * 16000), np.float32)
+    pieces = [piece for _ in range(times) for name in names
+              for piece in (decode((SAMPLES / name).read_bytes()), gap)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, np.concatenate(pieces), 16000, subtype="PCM_16")
+    return " ".join(texts[name] for _ in range(times) for name in names)
