@@ -20,6 +20,7 @@ def row(item: str, segment: int | None, *, count: int = 2, task: str = "t", mode
         error: str | None = None, retryable: bool | None = None, answer: str = "yes") -> dict:
     return {"item_id": item, "source_uri": f"/in/{item}.wav", "segment_index": segment,
             "segment_count": None if segment is None else count, "duration_s": None if segment is None else 10.0,
+            "start_s": None if segment is None else 10.0 * segment, "end_s": None if segment is None else 10.0 * segment + 10,
             "task": task, "prompt": "q", "model": model, "answer": None if error else answer, "error_class": error,
             "retryable": retryable, "run_id": run, "created_at": NOW}
 
@@ -44,7 +45,7 @@ def test_reader_pushes_the_filter_down_and_counts_audio_once(tmp_path):
     uri = output(tmp_path)
     r2 = read_output(uri, ["item_id", "segment_index", "duration_s"], pc.field("run_id") == "r2")
     assert sorted(r2["item_id"].to_pylist()) == ["slow", "whole"]
-    everything = read_output(uri, ["item_id", "segment_index", "duration_s"])
+    everything = read_output(uri, ["item_id", "start_s", "end_s"])
     assert everything.num_rows == 7
     assert audio_seconds(everything) == 50.0  # whole 0 and 1 (1 written twice), half 0, other-model 0, slow 0
     assert read_output(str(tmp_path / "nothing"), ["item_id"]).num_rows == 0
@@ -57,7 +58,7 @@ def test_scan_reads_and_changes_nothing(tmp_path):
     assert answered.rows == 6
     assert answered.complete("whole", [("t", "q")]) and answered.complete("bad", [("t", "q")])
     assert answered.complete("slow", [("t", "q")])  # an error row answers until --retry-failed prunes it
-    assert not answered.complete("half", [("t", "q")]) and answered.has("half", 0, "t", "q")
+    assert not answered.complete("half", [("t", "q")]) and answered.has("half", 0, None, "t", "q")
     assert not answered.complete("other-model", [("t", "q")])
     assert sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob("*.parquet")) == before
 
@@ -72,3 +73,19 @@ def test_prune_removes_the_second_row_of_a_key_and_on_request_retryable_errors(t
     rows = pads.dataset(uri).to_table().to_pylist()
     assert len(rows) == 5 and "slow" not in {r["item_id"] for r in rows}
     assert not scan(uri, "m").complete("slow", [("t", "q")])
+
+
+def test_a_recording_in_parts_is_answered_by_its_answer_row_and_parts_are_not_duplicates(tmp_path):
+    def part(index: int | None, run: str = "r1") -> dict:
+        return {**row("rec", None, run=run), "scope": "recording", "part": index, "part_count": 2,
+                "start_s": 0.0 if index is None else 100.0 * index, "end_s": 200.0 if index is None else 100.0 * index + 100}
+
+    write(tmp_path, "a.parquet", [part(0), part(1)])
+    answered = scan(str(tmp_path), "m")
+    assert not answered.complete("rec", [("t", "q")])  # the parts are in, the answer is not
+    assert answered.has("rec", None, 0, "t", "q") and answered.has("rec", None, 1, "t", "q")
+    assert prune(str(tmp_path)) == 0  # two parts are two keys
+    write(tmp_path, "b.parquet", [part(None, run="r2"), part(1, run="r2")])
+    assert prune(str(tmp_path)) == 1  # part 1 twice: the first stays
+    assert scan(str(tmp_path), "m").complete("rec", [("t", "q")])
+    assert audio_seconds(read_output(str(tmp_path), ["item_id", "start_s", "end_s"])) == 200.0
