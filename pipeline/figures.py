@@ -133,6 +133,17 @@ class Cost:
 
 
 @dataclass
+class Recordings:
+    """Tasks of scope recording (one answer per recording and task)."""
+
+    answers: int  # answer rows: one per (recording, task)
+    requests_per_recording: Distribution  # per (recording, task): its windows' requests, plus the combining one
+    audio_s_per_request: Distribution  # audio seconds each request heard
+    in_parts: int  # answers combined from several windows (the recording did not fit one request)
+    parts: int  # window rows of those
+
+
+@dataclass
 class Figures:
     output_uri: str
     run_ids: list[str]
@@ -149,6 +160,7 @@ class Figures:
     errors: Errors
     cost: Cost
     runs: list[Run]
+    recordings: Recordings
     # task -> labelled field ("" for a label answer) -> value -> answered rows, for tasks with an answer schema
     labels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     generated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -157,10 +169,30 @@ class Figures:
         return asdict(self)
 
 
+def combined(rows: pa.Table) -> pa.Array:
+    """Which rows are answers combined from a recording's parts (they heard no audio themselves)."""
+    return pc.fill_null(pc.and_(pc.is_null(rows["part"]), pc.is_valid(rows["part_count"])), False)
+
+
 def segments(rows: pa.Table) -> pa.Table:
-    """One row per (item, segment) cut from audio: its duration and when its first row was made."""
-    cut = rows.filter(pc.is_valid(rows["segment_index"]))
-    return cut.group_by(["item_id", "segment_index"]).aggregate([("duration_s", "max"), ("created_at", "min")])
+    """One row per piece of audio a request heard (an item, a window of a recording, or a whole recording): its
+    duration and when its first row was made."""
+    heard = rows.filter(pc.and_(pc.is_valid(rows["start_s"]), pc.invert(combined(rows))))
+    return heard.group_by(["item_id", "start_s"]).aggregate([("duration_s", "max"), ("created_at", "min")])
+
+
+def recordings(rows: pa.Table) -> Recordings:
+    """Scope recording: how many requests each recording took and how much audio each request held."""
+    mine = rows.filter(pc.equal(rows["scope"], "recording"))
+    asked = mine.filter(pc.is_valid(mine["finish_reason"]))
+    heard = asked.filter(pc.invert(combined(asked)))
+    per = asked.group_by(["item_id", "task"]).aggregate([("finish_reason", "count")])
+    answers = mine.filter(pc.and_(pc.is_null(mine["part"]), pc.is_null(mine["segment_index"])))
+    return Recordings(
+        answers=answers.num_rows, requests_per_recording=Distribution.of(per["finish_reason_count"]),
+        audio_s_per_request=Distribution.of(heard["duration_s"]),
+        in_parts=_sum(pc.cast(combined(answers), pa.int64())),
+        parts=mine.filter(pc.is_valid(mine["part"])).num_rows)
 
 
 def summarize(rows: pa.Table, facts: dict[str, dict], *, output_uri: str, run_ids: list[str] | None = None,
@@ -206,6 +238,7 @@ def summarize(rows: pa.Table, facts: dict[str, dict], *, output_uri: str, run_id
         errors=Errors(total=errors.num_rows, by_class=_error_classes(errors)),
         cost=cost,
         runs=runs,
+        recordings=recordings(rows),
         labels=label_tallies(answers, answer_schemas(facts)) if answers is not None else {},
     )
 

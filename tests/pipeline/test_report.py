@@ -56,11 +56,12 @@ def test_figures_match_the_parquet(finished):
     counts = report["counts"]
     errors = [r for r in rows if r["error_class"]]
     asked = [r for r in rows if r["finish_reason"] is not None]
-    segments = {(r["item_id"], r["segment_index"]): r["duration_s"] for r in rows if r["segment_index"] is not None}
+    segments = {(r["item_id"], r["start_s"]): r["duration_s"] for r in rows if r["start_s"] is not None}
     assert counts["rows"] == len(rows) == summary.rows
     assert counts["error_rows"] == len(errors) == summary.errors == 1
-    assert counts["files"] == 5 and counts["segments"] == len(segments) == 5  # the lecture is two items
-    assert counts["requests"] == len(asked) == 5 and counts["finish_reasons"] == {"stop": 5}
+    # Scope recording: the lecture's two items are heard in one request, so four pieces of audio for four files.
+    assert counts["files"] == 5 and counts["segments"] == len(segments) == 4
+    assert counts["requests"] == len(asked) == 4 and counts["finish_reasons"] == {"stop": 4}
     assert report["audio"]["seconds"] == pytest.approx(sum(segments.values())) == pytest.approx(summary.audio_s)
     assert report["wall_s"] == pytest.approx(summary.wall_s) and not report["wall_estimated"]
     assert report["throughput"]["audio_hours_per_hour"] == pytest.approx(summary.audio_s / summary.wall_s)
@@ -73,10 +74,21 @@ def test_figures_match_the_parquet(finished):
     assert report["latency_s"]["max"] == pytest.approx(latency.max())
     answers = np.array([len(r["answer"]) for r in asked])
     assert report["answer_chars"]["p50"] == pytest.approx(np.median(answers))
-    assert report["answer_chars"]["count"] == 5 and report["reasoning_chars"]["count"] == 0
+    assert report["answer_chars"]["count"] == 4 and report["reasoning_chars"]["count"] == 0
     (bad,) = report["errors"]["by_class"]
     assert (bad["stage"], bad["error_class"], bad["count"], bad["retryable"]) == ("decode", "DecodeError", 1, 0)
     assert bad["examples"][0]["source_uri"].endswith("corrupt.wav") and "corrupt.wav" in bad["examples"][0]["error"]
+
+
+def test_whole_recordings_are_counted(finished):
+    _, rows, _, report, page = finished
+    recordings = report["recordings"]
+    assert recordings["answers"] == 5  # one per file (the corrupt one's is its error row), one task
+    assert recordings["requests_per_recording"]["count"] == 4 and recordings["requests_per_recording"]["max"] == 1
+    lecture = next(r for r in rows if r["source_uri"].endswith("lecture.wav"))
+    assert recordings["audio_s_per_request"]["max"] == pytest.approx(lecture["duration_s"]) and lecture["duration_s"] > 25
+    assert recordings["in_parts"] == recordings["parts"] == 0  # whisper takes a whole recording at once
+    assert "Whole recordings" in page
 
 
 def test_cost_is_wall_time_times_running_replicas_times_gpus(finished):
