@@ -33,7 +33,7 @@ class Stub:
         async def models(request: Request):
             if key is not None and request.headers.get("authorization") != f"Bearer {key}":
                 return JSONResponse({"error": {"message": "bad key"}}, status_code=401)
-            return {"object": "list", "data": [{"id": "served-model", "object": "model"}]}
+            return {"object": "list", "data": [{"id": "served-model", "object": "model", "max_model_len": 16384}]}
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request):

@@ -24,12 +24,13 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 from contract.audio import wav_base64
 from contract.config import EngineConfig
 from contract.formats import assistant_prefills
-from contract.messages import GenerationRequest, GenerationResult
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo
 from contract.retry import Backoff, TryAgain, retry
 from deployments.engines.base import (Engine, RequestFailed, RequestRejected,
                                       check_item_length, checked_prefill)
@@ -98,11 +99,20 @@ class OpenAIEngine(Engine):
         if response.status_code != 200:
             raise ServerUnavailable(f"{url} answered {response.status_code}: {_error_message(response)}; is "
                                     "engine.openai.base_url the server's /v1 URL?")
-        served = [m.get("id") for m in response.json().get("data", [])]
-        if self._model not in served:
-            raise ServerUnavailable(f"the server at {self._base_url} serves {served}, not {self._model!r} "
+        cards = {m.get("id"): m for m in response.json().get("data", [])}
+        if self._model not in cards:
+            raise ServerUnavailable(f"the server at {self._base_url} serves {list(cards)}, not {self._model!r} "
                                     "(engine.openai.model, default engine.model_name)")
+        # The request budget as the server states it (vLLM's server: max_model_len; this project's app also
+        # max_audio_items), so the pipeline packs recordings to fit; unstated: no bound known here.
+        card = cards[self._model]
+        self._budget = {k: int(card[k]) for k in ("max_model_len", "max_audio_items") if card.get(k) is not None}
         logger.info("openai engine: %s serves %s", self._base_url, self._model)
+
+    @property
+    def info(self) -> ModelInfo:
+        """As the base, with the budget the server states (`_check_model`)."""
+        return replace(super().info, **self._budget)
 
     def _client_and_slots(self) -> tuple[Any, asyncio.Semaphore]:
         if self._client is None:

@@ -219,6 +219,11 @@ def usage_chunk(completion_id: str, created: int, model: str, result: Generation
             "choices": [], "usage": usage(result)}
 
 
-def model_card(model: str, max_item_s: float, family: str) -> dict[str, Any]:
-    return {"id": model, "object": "model", "created": int(time.time()), "owned_by": "audio-reasoning",
+def model_card(model: str, max_item_s: float, family: str, max_model_len: int | None = None,
+               max_audio_items: int | None = None) -> dict[str, Any]:
+    """The model as /v1/models lists it; `max_model_len` (as vLLM's server names it) and `max_audio_items` are
+    the request budget, which an `openai` engine calling this app packs recordings by."""
+    card = {"id": model, "object": "model", "created": int(time.time()), "owned_by": "audio-reasoning",
             "root": model, "family": family, "max_audio_item_s": max_item_s}
+    budget = {"max_model_len": max_model_len, "max_audio_items": max_audio_items}
+    return {**card, **{k: v for k, v in budget.items() if v is not None}}

@@ -109,7 +109,8 @@ def build_app(server: Backend) -> FastAPI:
     async def models(request: Request) -> dict[str, Any]:
         authorize(request)
         info = server.model_info
-        return {"object": "list", "data": [protocol.model_card(info.model_name, info.max_item_s, info.family)]}
+        return {"object": "list", "data": [protocol.model_card(info.model_name, info.max_item_s, info.family, info.max_model_len,
+                                       info.max_audio_items)]}
 
     @app.get("/v1/models/{model:path}")
     async def model(model: str, request: Request) -> dict[str, Any]:
@@ -118,7 +119,8 @@ def build_app(server: Backend) -> FastAPI:
         if model != info.model_name:
             raise APIError(404, f"the model {model!r} does not exist; this app serves {info.model_name!r}",
                            code="model_not_found", param="model")
-        return protocol.model_card(info.model_name, info.max_item_s, info.family)
+        return protocol.model_card(info.model_name, info.max_item_s, info.family, info.max_model_len,
+                                       info.max_audio_items)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

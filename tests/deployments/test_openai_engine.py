@@ -98,6 +98,21 @@ def test_body_renders_the_in_process_prompt(stub, prefill):
     assert result.error_class is None and result.latency_s > 0
 
 
+def test_a_window_is_several_audio_parts_of_one_message_and_the_budget_is_the_servers(stub):
+    e = engine(stub)
+    # vLLM's server states its context in /v1/models; the items limit it does not state (unbounded here).
+    assert (e.info.max_model_len, e.info.max_audio_items) == (16384, None)
+    items = [clip(25.0, seed=i) for i in range(3)]
+    asyncio.run(e.generate(GenerationRequest("rec/part0/task", items, "Summarize.", recording=True)))
+    ((body, _),) = stub.received
+    parts = body["messages"][-2]["content"] if body["messages"][-1]["role"] == "assistant" else \
+        body["messages"][-1]["content"]
+    # As StepFun's client sends a recording: every item an input_audio part, in order, then the question.
+    assert [p["type"] for p in parts] == ["input_audio"] * 3 + ["text"]
+    for part, item in zip(parts, items):
+        assert np.array_equal(decode(base64.b64decode(part["input_audio"]["data"])), item)
+
+
 def test_assistant_prefills_continue_the_template():
     fmt = get_format("step_audio_r1")
     chat = [{"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Q"}]}]

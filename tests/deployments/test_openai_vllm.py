@@ -135,7 +135,7 @@ def rows(path) -> dict:
     import pyarrow.dataset as pads
 
     table = pads.dataset(str(path)).to_table().to_pylist()
-    return {(r["source_uri"].rsplit("/", 1)[1], r["segment_index"], r["task"]): r for r in table}
+    return {(r["source_uri"].rsplit("/", 1)[1], r["segment_index"], r["part"], r["task"]): r for r in table}
 
 
 def test_batch_through_the_openai_engine_equals_in_process(vllm_app, tmp_path):
@@ -148,7 +148,7 @@ def test_batch_through_the_openai_engine_equals_in_process(vllm_app, tmp_path):
 
     _, base = vllm_app
     (tmp_path / "in").mkdir()
-    for name in ("greeting.wav", "lecture.wav"):  # lecture: two items
+    for name in ("greeting.wav", "lecture.wav"):  # lecture: two items, two parts (one audio item per request)
         (tmp_path / "in" / name).write_bytes((SAMPLES / name).read_bytes())
     common = [f"input.uri={tmp_path / 'in'}"]
     in_process = load_config(ROOT / "configs" / "tiny-vllm.yaml", [
@@ -167,7 +167,9 @@ def test_batch_through_the_openai_engine_equals_in_process(vllm_app, tmp_path):
     assert "test-openai-engine" not in serve.status().applications  # the job deleted the app it started
 
     expected, got = rows(tmp_path / "in-process"), rows(tmp_path / "openai")
-    assert first.rows == second.rows == len(expected) == 6 and first.errors == second.errors == 0
+    # Per task: the greeting's answer; the lecture's two parts and the answer combined from them. Over HTTP the
+    # budget comes from the app's /v1/models card.
+    assert first.rows == second.rows == len(expected) == 8 and first.errors == second.errors == 0
     assert set(got) == set(expected)
     columns = ["answer", "reasoning", "finish_reason", "truncated", "prompt_tokens", "completion_tokens", "model",
                "error_class", "start_s", "end_s", "prompt"]

@@ -146,7 +146,7 @@ ERRORS = {
                    "invalid_audio", "not valid base64"),
     "audio too long": (chat(audio(wav(31.0))), 400, "audio_too_long", "longer than the 30 s"),
     "two items for whisper": (chat(audio(wav(1.0)), audio(wav(1.0))), 400, "request_rejected",
-                              "exactly one audio item"),
+                              "one audio item per request"),
     "history": ({"model": MODEL, "messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                                               {"role": "user", "content": "c"}]}, 400, "unsupported_conversation",
                 "conversation history is not supported"),
