@@ -5,7 +5,8 @@ assistant turn's opening):
 
 - system (or developer) messages: their text, joined by newlines, is the system prompt;
 - exactly one user message: its text parts, joined by newlines, are the question; each `input_audio` or
-  `audio_url` part is one audio item, decoded to 16 kHz mono and at most the model's item length. The format
+  `audio_url` part is decoded to 16 kHz mono and is one audio item, or several when it is longer than the
+  model's item length (cut at quiet points, as the pipeline cuts a file). The format
   puts the audio before the question, as the reference client does, whatever the order of the parts;
 - optionally a final assistant message with `continue_final_message: true`: the prefill. Its text must be one
   the model's format knows (`assistant_prefills`): for Step-Audio-R1 `"<think>\\n"` (think, the default),
@@ -27,10 +28,11 @@ from typing import Any
 import numpy as np
 
 from contract.answers import answer_schema
-from contract.audio import DecodeError, decode_with_info
+from contract.audio import DecodeError, decode
 from contract.config import HTTPConfig, SamplingConfig
 from contract.formats import ModelFormat, assistant_prefills
 from contract.messages import GenerationRequest
+from contract.segment import segment
 from deployments.openai.protocol import APIError, ChatCompletionRequest, ChatMessage
 
 logger = logging.getLogger("ray.serve")
@@ -100,7 +102,7 @@ async def to_generation_request(body: ChatCompletionRequest, fmt: ModelFormat, h
                        code="unsupported_conversation", param="messages")
 
     index, message = user[0]
-    questions, audio = [], []
+    questions, audio, cut = [], [], False
     parts = [message.content] if isinstance(message.content, str) else message.content or []
     for i, part in enumerate(parts):
         where = f"messages[{index}].content[{i}]"
@@ -110,7 +112,9 @@ async def to_generation_request(body: ChatCompletionRequest, fmt: ModelFormat, h
             questions.append(part.text)
         else:
             data = await _audio_bytes(part, where, http)
-            audio.append(await asyncio.to_thread(_decode, data, fmt.max_item_s, where))
+            items = await asyncio.to_thread(_decode_items, data, fmt.max_item_s, where)
+            cut = cut or len(items) > 1
+            audio.extend(items)
 
     enable_thinking = (body.chat_template_kwargs or {}).get("enable_thinking")
     mode = prefill_mode(fmt, prefill_text, enable_thinking, prefill_param)
@@ -123,9 +127,10 @@ async def to_generation_request(body: ChatCompletionRequest, fmt: ModelFormat, h
         max_tokens=max_tokens or defaults.max_tokens,
         seed=body.seed,
     )
+    # An audio part cut here is one recording in several items (an engine that takes long audio joins them).
     return GenerationRequest(request_id=request_id, audio=audio, question="\n".join(questions),
                              system="\n".join(system) if system else None, prefill=mode, sampling=sampling,
-                             answer_schema=_answer_schema(body))
+                             recording=cut, answer_schema=_answer_schema(body))
 
 
 def _answer_schema(body: ChatCompletionRequest) -> dict[str, Any] | None:
@@ -188,16 +193,16 @@ def _read_url(url: str, limit: int, param: str) -> bytes:
     return data
 
 
-def _decode(data: bytes, max_item_s: float, param: str) -> np.ndarray:
+def _decode_items(data: bytes, max_item_s: float, param: str) -> list[np.ndarray]:
+    """The audio part as items the model takes: a part longer than the item length is cut at quiet points, as
+    the batch pipeline cuts a file (and StepFun's client cuts on its side); the request body's size limit bounds
+    how long it can be. Whether the items fit the context is the engine's check (a 400 naming the budget)."""
     try:
-        audio, longer = decode_with_info(data, max_duration_s=max_item_s)
+        audio = decode(data)
     except DecodeError as e:
         raise APIError(400, f"cannot decode the audio: {e}", code="invalid_audio", param=param) from None
     except Exception as e:  # a decoder tripping over hostile bytes: still the caller's audio, not our fault
         logger.warning("decoder failed on %s: %s: %s", param, type(e).__name__, e)
         raise APIError(400, f"cannot decode the audio: {type(e).__name__}: {e}", code="invalid_audio",
                        param=param) from None
-    if longer:
-        raise APIError(400, f"audio is longer than the {max_item_s:g} s this model takes per item: cut it into "
-                       f"items of at most {max_item_s:g} s", code="audio_too_long", param=param)
-    return audio
+    return [audio[start:end] for start, end in segment(audio, max_s=max_item_s)]

@@ -131,6 +131,19 @@ def test_prompt_over_the_context_is_400(vllm_app):
         assert error["code"] == "request_rejected" and "max_model_len 1024" in error["message"]
 
 
+def test_long_audio_part_is_cut_into_items_and_over_the_items_limit_is_400(vllm_app):
+    # 60 s in one part: the server cuts it at quiet points into items of at most the family's 30 s (each cut falls
+    # before the limit, so three), more than the engine's one audio item per request: a 400 naming that budget.
+    _, base = vllm_app
+    body = {"model": MODEL, "max_tokens": 8, "messages": [{"role": "user", "content": [wav_part(tone(60.0))]}]}
+    response = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=TIMEOUT_S)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "request_rejected"
+    assert "3 audio items in one request; the engine takes at most 1" in error["message"]
+    assert "limit_mm_per_prompt" in error["message"]
+
+
 def rows(path) -> dict:
     import pyarrow.dataset as pads
 
