@@ -1,4 +1,4 @@
-"""Progress of a run, seen from the driver: files and segments done, audio hours, speed, ETA, errors.
+"""Progress of a run, seen from the driver: files and requests done, audio hours, speed, ETA, errors.
 
 The inference actors report every finished batch to a small actor (`ProgressCounter`, no CPU), fire and
 forget; a thread in the driver asks it for its counts every few seconds and prints one line, refreshed in
