@@ -34,9 +34,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from contract.config import InputConfig
+from contract.config import InputConfig, TaskConfig
+from contract.messages import ModelInfo
+from pipeline.pack import file_requests, text_tokens
 from pipeline.prepare import ReadError, base_row, prepare_audio, refuse
-from pipeline.rows import SEGMENT_SCHEMA, error_columns, table
+from pipeline.rows import REQUEST_SCHEMA, error_columns, table
 from pipeline.sources import SourceFile, item_id, list_audio
 from pipeline.storage import open_fs
 
@@ -284,20 +286,27 @@ def piece_slices(plan: pa.Table) -> Iterator[pa.Table]:
         yield plan.slice(start)
 
 
-def prepare_samples(batch: pa.Table, *, format: str, audio_column: str, id_column: str | None, rows_per_block: int,
-                    max_size_mb: float | None = None, storage: dict | None = None,
-                    **options: Any) -> Iterator[pa.Table]:
-    """Ray Data stage (stateless tasks): planned samples in, item rows out, a block every `rows_per_block`
-    samples so memory stays bounded whatever the piece's size. `options` as `prepare_audio`'s."""
+def prepare_samples(batch: pa.Table, *, tasks: list[dict[str, Any]], info: ModelInfo, handle: Any, format: str,
+                    audio_column: str, id_column: str | None, rows_per_block: int, max_size_mb: float | None = None,
+                    storage: dict | None = None, **options: Any) -> Iterator[pa.Table]:
+    """Ray Data stage (stateless tasks): planned samples in, request rows out (each sample packed into its
+    requests as a file is, `pipeline.pack`), a block every `rows_per_block` samples so memory stays bounded
+    whatever the piece's size. `tasks`, `info` and `handle` as `prepare_batch`'s, `options` as `prepare_audio`'s."""
+    chosen = [TaskConfig.model_validate(t) for t in tasks]
     rows: list[dict] = []
     done = 0
+
+    def emit(items: list[dict[str, Any]]) -> None:
+        rows.extend(file_requests(items, chosen, info, lambda task: text_tokens(handle, task)))
+
     for piece, group in itertools.groupby(batch.to_pylist(), key=piece_of):
         group = list(group)
         readable = []
         for source in group:
             refused = refuse(source, base_row(source), max_size_mb)
-            rows.extend(refused)
-            if not refused:
+            if refused:
+                emit(refused)
+            else:
                 readable.append(source)
         if not readable:
             continue
@@ -315,19 +324,19 @@ def prepare_samples(batch: pa.Table, *, format: str, audio_column: str, id_colum
                     else:
                         data, base["metadata"] = parquet_audio(data, audio_column, id_column)
                     size_error = refuse({**source, "size": len(data)}, base, max_size_mb)
-                    rows.extend(size_error or prepare_audio(base, data, **options))
+                    emit(size_error or prepare_audio(base, data, **options))
                 except NoAudio as e:
-                    rows.append({**base, **error_columns("read", NoAudio(f"{source['source_uri']}: {e}"),
-                                                         retryable=False)})
+                    emit([{**base, **error_columns("read", NoAudio(f"{source['source_uri']}: {e}"),
+                                                   retryable=False)}])
             else:
                 # A shard cut short stays so; a store that failed to answer may answer next time.
                 retry = not isinstance(failure, (UnreadableShard, FileNotFoundError, PermissionError))
                 kind = UnreadableShard if isinstance(failure, UnreadableShard) else ReadError
-                rows.append({**base, **error_columns("read", kind(f"{source['source_uri']}: {failure}"),
-                                                     retryable=retry)})
+                emit([{**base, **error_columns("read", kind(f"{source['source_uri']}: {failure}"),
+                                               retryable=retry)}])
             done += 1
             if done % rows_per_block == 0:
-                yield table(rows, SEGMENT_SCHEMA)
+                yield table(rows, REQUEST_SCHEMA)
                 rows = []
     if rows:
-        yield table(rows, SEGMENT_SCHEMA)
+        yield table(rows, REQUEST_SCHEMA)
