@@ -9,7 +9,8 @@ import pyarrow.dataset as pads
 import pytest
 
 from contract.audio import decode
-from contract.config import ConfigError, load_config
+from contract.config import ConfigError, TaskConfig, load_config
+from contract.messages import ModelInfo
 from deployments.app import serving
 from pipeline.plan import PLAN_SCHEMA
 from pipeline.run import run
@@ -56,8 +57,12 @@ def planned(config) -> pa.Table:
 
 
 def prepared(config, plan: pa.Table) -> list[dict]:
+    """The request rows of the planned samples, for one item-scope task (one request per item: no app needed
+    to count prompt tokens)."""
     i = config.input
-    return [row for block in prepare_samples(plan, format=i.format, audio_column=i.audio_column,
+    task = TaskConfig(name="transcribe", question="Transcribe.", scope="item")
+    return [row for block in prepare_samples(plan, tasks=[task.model_dump()], info=ModelInfo("m", "whisper", 30.0),
+                                             handle=None, format=i.format, audio_column=i.audio_column,
                                              id_column=i.id_column, rows_per_block=2, max_item_s=30, search_s=5,
                                              max_duration_s=3600)
             for row in block.to_pylist()]
@@ -95,8 +100,8 @@ def test_tar_samples_read_as_the_files_are(tmp_path):
         ("both", 0), ("clips/greeting", 0), ("clips/lecture", 0), ("clips/lecture", 1)]
     assert json.loads(items[1]["metadata"]) == {"speaker": "spk-greeting", "lang": "en",
                                                 "text": "reference of greeting"}
-    assert items[1]["audio"] == decode((SAMPLES / "greeting.wav").read_bytes()).tobytes()
-    assert items[0]["audio"] == decode((SAMPLES / "weather.flac").read_bytes()).tobytes()  # audio_member chose it
+    assert items[1]["audio"] == [decode((SAMPLES / "greeting.wav").read_bytes()).tobytes()]
+    assert items[0]["audio"] == [decode((SAMPLES / "weather.flac").read_bytes()).tobytes()]  # audio_member chose it
 
 
 def test_truncated_tar_keeps_the_samples_before_the_cut(tmp_path):
@@ -123,7 +128,7 @@ def test_parquet_from_hugging_face_datasets(tmp_path):
     items = prepared(config, planned(config))
     assert [r["source_uri"] for r in items] == [f"{shard}#greeting", f"{shard}#meeting", f"{shard}#empty-0"]
     assert json.loads(items[0]["metadata"]) == {"speaker": "spk-greeting"}
-    assert items[1]["audio"] == decode((SAMPLES / "meeting.mp3").read_bytes()).tobytes()
+    assert items[1]["audio"] == [decode((SAMPLES / "meeting.mp3").read_bytes()).tobytes()]
     assert items[2]["error_class"] == "NoAudio" and f"{shard}#empty-0" in items[2]["error"]
 
 
