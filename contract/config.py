@@ -101,6 +101,14 @@ class OutputConfig(Base):
     rows_per_file: int = Field(
         256, ge=1, description="Rows gathered per output file; fewer means less work redone after a crash."
     )
+    lease_stale_s: float = Field(
+        120.0, gt=0, description="A run renews its lease on the output (`_lease.json`) every quarter of this; a "
+        "lease not renewed for this long belonged to a dead run and is taken over."
+    )
+    lease_wait_s: float = Field(
+        0.0, ge=0, description="How long a run waits for another run's lease on the output to be given back or go "
+        "stale before it stops; 0: stop at once."
+    )
 
 
 class AudioConfig(Base):

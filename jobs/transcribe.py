@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from contract.config import ConfigError, load_config  # noqa: E402
+from pipeline.lease import LeaseLost, OutputBusy  # noqa: E402
 from pipeline.sources import SourceError  # noqa: E402
 
 
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (OutputBusy, LeaseLost) as e:  # another run writes the same output
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted: what was written stays; run the same command again to resume", file=sys.stderr)
         return 130

@@ -25,6 +25,7 @@ from contract.messages import ModelInfo
 from pipeline.answered import Answered, scan
 from pipeline.combine import combine
 from pipeline.infer import Infer
+from pipeline.lease import LeaseLost, OutputLease
 from pipeline.manifest import read_manifest
 from pipeline.output import audio_seconds, read_output
 from pipeline.plan import Plan, remove_plan, write_plan
@@ -148,12 +149,27 @@ def run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], *,
 
     `app(config)` opens the Serve app for a `with` and yields its deployment handle (jobs/transcribe.py hands in
     `deployments.app.serving`); it is opened only once the plan has work, after Ray is up.
-    `progress`: where to print the progress line (pipeline.progress), e.g. sys.stderr; None: nowhere."""
+    `progress`: where to print the progress line (pipeline.progress), e.g. sys.stderr; None: nowhere.
+    The run holds the output's lease throughout (pipeline.lease): a second run on the same output stops with
+    OutputBusy before any work."""
+    run_id = new_run_id()
+    o = config.output
+    with OutputLease(o.uri, run_id, stale_s=o.lease_stale_s, wait_s=o.lease_wait_s,
+                     storage=config.storage.model_dump()) as lease:
+        try:
+            return _run(config, app, run_id, retry_failed, progress)
+        except KeyboardInterrupt:
+            if lease.lost:
+                raise LeaseLost(f"{lease.lost}; what this run wrote stays") from None
+            raise
+
+
+def _run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], run_id: str, retry_failed: bool,
+         progress: TextIO | None) -> Summary:
     start, started_at = time.perf_counter(), datetime.now(timezone.utc)
     tracker = None
-    run_id = new_run_id()
     model, storage, output = config.engine.model_name, config.storage.model_dump(), config.output.uri
-    remove_leftovers(output, storage)  # one run at a time per output: what is staged now is a dead run's
+    remove_leftovers(output, storage)  # under this run's lease: what is staged now is a dead run's
     prune(output, drop_retryable=retry_failed, storage=storage)
     answered = scan(output, model, storage)
     plan = write_plan(sources(config), answered, config.tasks, output, run_id, storage)

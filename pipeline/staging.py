@@ -32,7 +32,8 @@ def commit_table(fs: fsspec.AbstractFileSystem, root: str, table: pa.Table, relp
 
 
 def remove_leftovers(uri: str, storage: dict | None = None) -> None:
-    """Staged files and plans a killed run left behind; never read, only taking space."""
+    """Staged files and plans a killed run left behind; never read, only taking space. Call it only while
+    holding the output's lease (pipeline.lease), so no live run's files are taken."""
     fs, root = open_fs(uri, storage)
     for folder in (STAGING, PLANS):
         path = posixpath.join(root, folder)
