@@ -256,6 +256,14 @@ class DeploymentConfig(Base):
         "check, and Serve replaces the replica."
     )
     reuse_running: bool = Field(False, description="Use an app of this name that is already running.")
+    start_timeout_s: float = Field(
+        1800.0, gt=0, description="An app the job starts must be running within this long (model load, GPU nodes "
+        "joining), else the job stops with the engine's first error line; it never waits forever."
+    )
+    owner_check_s: float = Field(
+        10.0, gt=0, description="How often the replicas of an app a job started check that the job still runs; "
+        "once it does not (killed, `ray job stop`), they delete the app."
+    )
     http: HTTPConfig = Field(default_factory=HTTPConfig, description="The OpenAI-compatible HTTP routes.")
 
 

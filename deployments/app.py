@@ -9,15 +9,19 @@ serves it on http://127.0.0.1:8000/).
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from contract.config import Config, load_config
+from deployments.owner import start_token
 from deployments.server import EngineServer
 
 DEPLOYMENT_NAME = "EngineServer"
@@ -53,12 +57,13 @@ def deployment_options(config: Config) -> dict[str, Any]:
     return options
 
 
-def application(config: Config, **options: Any) -> Application:
+def application(config: Config, owner_token: str | None = None, **options: Any) -> Application:
     """The app for `config`; `options` (serve.deployment options, e.g. `ray_actor_options` with a runtime_env)
-    replace the config's."""
+    replace the config's. With `owner_token` (deployments.owner) the app deletes itself once that token is gone."""
+    owner = {"token": owner_token, "check_s": config.deployment.owner_check_s} if owner_token else None
     return serve.deployment(EngineServer).options(**{**deployment_options(config), **options}).bind(
         config.engine.model_dump(mode="json"), config.deployment.request_timeout_s,
-        config.deployment.http.model_dump(mode="json"), config.deployment.stall_timeout_s,
+        config.deployment.http.model_dump(mode="json"), config.deployment.stall_timeout_s, owner,
     )
 
 
@@ -68,21 +73,73 @@ def build_app(args: dict[str, Any]) -> Application:
     return application(load_config(args.get("config"), [overrides] if isinstance(overrides, str) else overrides))
 
 
-def start_app(config: Config) -> tuple[DeploymentHandle, bool]:
-    """The app's handle, and whether this call started it (and so must delete it)."""
+class EngineStartFailed(Exception):
+    """The app's replicas failed to start, or were not running within `deployment.start_timeout_s`; the message is
+    one line with the engine's own error where there is one."""
+
+
+def error_line(message: str) -> str:
+    """The exception line a replica's start-up traceback ends in (`ValueError: no model at /x`), else the first
+    line of the message."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    raised = [line for line in lines if re.match(r"[A-Za-z_][\w.]*: ", line) and not line.endswith(
+        "Traceback (most recent call last):")]
+    return (raised[-1] if raised else lines[0] if lines else "")[:500]
+
+
+def wait_until_running(name: str, timeout_s: float, poll_s: float = 1.0) -> None:
+    """Wait for the app to run; EngineStartFailed if it fails to start or is not running within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve.status().applications.get(name)
+        if status is None:
+            raise EngineStartFailed(f"app {name!r} was deleted while it started")
+        if status.status == "RUNNING":
+            return
+        reasons = [error_line(d.message) for d in status.deployments.values() if d.message]
+        reason = "; ".join(r for r in reasons if r) or error_line(status.message) or "still deploying, replicas " + \
+            ", ".join(f"{n}: {dict(d.replica_states)}" for n, d in status.deployments.items())
+        if status.status == "DEPLOY_FAILED":
+            raise EngineStartFailed(f"the engine of app {name!r} failed to start: {reason}")
+        if time.monotonic() > deadline:
+            raise EngineStartFailed(f"the engine of app {name!r} was not running within deployment.start_timeout_s="
+                                    f"{timeout_s:g} s: {reason}")
+        time.sleep(poll_s)
+
+
+def start_app(config: Config, owner_token: str | None = None) -> tuple[DeploymentHandle, bool]:
+    """The app's handle, and whether this call started it (and so must delete it). An app it starts but that
+    does not run within `deployment.start_timeout_s` is deleted, and EngineStartFailed raised."""
     name = config.deployment.app_name
     if config.deployment.reuse_running and name in serve.status().applications:
         return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=name), False
-    return serve.run(application(config), name=name, route_prefix=None), True
+    (handle,) = serve.run_many([serve.RunTarget(application(config, owner_token), name=name, route_prefix=None)],
+                               wait_for_applications_running=False)
+    try:
+        wait_until_running(name, config.deployment.start_timeout_s)
+    except BaseException:
+        serve.delete(name, _blocking=False)
+        raise
+    return handle, True
 
 
 @contextmanager
 def serving(config: Config) -> Iterator[DeploymentHandle]:
     """The app's handle for a `with`: the running app if `deployment.reuse_running` finds it, else one started
-    here and deleted on leaving, however the block is left (an exception, Ctrl-C)."""
-    handle, started = start_app(config)
+    here and deleted on leaving, however the block is left (an exception, Ctrl-C), and, should this process die
+    first, by its own replicas (deployments.owner)."""
+    token, token_name = (None, None) if _reusing(config) else start_token(config.deployment.app_name)
     try:
-        yield handle
+        handle, started = start_app(config, token_name)
+        try:
+            yield handle
+        finally:
+            if started:
+                serve.delete(config.deployment.app_name)
     finally:
-        if started:
-            serve.delete(config.deployment.app_name)
+        if token is not None:
+            ray.kill(token)
+
+
+def _reusing(config: Config) -> bool:
+    return config.deployment.reuse_running and config.deployment.app_name in serve.status().applications

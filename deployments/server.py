@@ -19,6 +19,7 @@ from contract.messages import GenerationRequest, GenerationResult, ModelInfo, er
 from deployments.engines import create_engine
 from deployments.engines.base import RequestFailed, RequestRejected, StreamDelta
 from deployments.metrics import ReplicaMetrics
+from deployments.owner import OwnerWatch
 
 # What a request can end in without the engine being in trouble: each becomes a failed result, not an exception.
 UNANSWERABLE = (RequestRejected, RequestFailed, asyncio.TimeoutError)
@@ -78,7 +79,10 @@ class EngineServer:
     """Holds the replica's engine. Wrapped by `serve.deployment` in `deployments.app`."""
 
     def __init__(self, engine: dict[str, Any], request_timeout_s: float, http: dict[str, Any] | None = None,
-                 stall_timeout_s: float = float("inf")):
+                 stall_timeout_s: float = float("inf"), owner: dict[str, Any] | None = None):
+        # First, before a model load of minutes: an app whose job is gone deletes itself (deployments.owner).
+        if owner:
+            OwnerWatch(owner["token"], serve.get_replica_context().app_name, owner["check_s"]).start()
         self.http = HTTPConfig.model_validate(http or {})
         # Before the engine loads (minutes for a large model): a key that is named but missing is a broken
         # deployment, not an open endpoint.

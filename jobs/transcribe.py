@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     # Ray is imported only once the config is known to be good.
-    from deployments.app import serving
+    from deployments.app import EngineStartFailed, serving
     from pipeline.run import run
 
     try:
@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OutputBusy, LeaseLost) as e:  # another run writes the same output
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except EngineStartFailed as e:  # a wrong model path, out of memory at load, no nodes for the replicas
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: what was written stays; run the same command again to resume", file=sys.stderr)
         return 130

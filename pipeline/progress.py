@@ -146,7 +146,12 @@ class Progress:
     def __enter__(self) -> Progress:
         import ray
 
-        self.counter = ray.remote(num_cpus=0, max_restarts=0)(ProgressCounter).remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # On the driver's node: a worker node lost mid-run must not take the counter (and the run) with it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.counter = ray.remote(num_cpus=0, max_restarts=0)(ProgressCounter).options(
+            scheduling_strategy=here).remote()
         self._start = self._printed_at = time.perf_counter()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self._thread.start()
