@@ -241,9 +241,81 @@ def main(input_dir: str, output_dir: str) -> dict:
         timings["total_s"] = round(time.monotonic() - start, 1)
 
 
+LOSS_APP = "node-loss-test"
+
+
+def node_loss_main(input_dir: str, output_dir: str) -> dict:
+    """Issue 15: a worker node holding the replica (and decode tasks, inference callers, blocks) is removed
+    mid-run; the run must finish with every row. A head with no CPUs (as KubeRay's samples run it) holds the
+    driver and its zero-CPU helpers; the two worker nodes hold everything else."""
+    import ray
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    from contract.config import load_config
+    from deployments.app import serving
+    from pipeline.output import output_files
+    from pipeline.run import run
+
+    start = time.monotonic()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        workers = [cluster.add_node(num_cpus=2, num_gpus=GPUS_PER_NODE) for _ in range(2)]
+        ray.init(address=cluster.address, log_to_driver=False)
+        serve.start(proxy_location="Disabled")
+        config = load_config(ROOT / "configs" / "local.yaml", [
+            f"input.uri={input_dir}", f"output.uri={output_dir}", f"deployment.app_name={LOSS_APP}",
+            f"deployment.gpus_per_replica={TP}", "deployment.num_replicas=1", "output.rows_per_file=1",
+            "resources.files_per_task=1", "resources.batch_size=1", "resources.max_concurrent_batches=2",
+            "resources.infer_actors=2"])
+        lost: dict = {}
+
+        def remove_the_replicas_node() -> None:
+            try:
+                deadline = time.monotonic() + 240
+                while not output_files(output_dir) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                prefix = f"SERVE_REPLICA::{LOSS_APP}#"
+                actors = [a for a in ray._private.state.actors().values() if a["State"] == "ALIVE"]
+                (replica,) = [a for a in actors if a["Name"].startswith(prefix)]
+                node_id = replica["Address"]["NodeID"]
+                (node,) = [w for w in workers if w.node_id == node_id]
+                lost.update(node_id=node_id, rows_before=len(output_files(output_dir)),
+                            actors=sorted(a["ActorClassName"] for a in actors
+                                          if a["Address"]["NodeID"] == node_id))
+                cluster.remove_node(node)
+                lost["removed_at_s"] = round(time.monotonic() - start, 1)
+            except Exception:  # noqa: BLE001 - reported on the RESULT line
+                lost["error"] = traceback.format_exc(limit=5)
+
+        remover = threading.Thread(target=remove_the_replicas_node, daemon=True)
+        remover.start()
+        summary = run(config, serving)
+        remover.join(timeout=60)
+        return {
+            "ok": True, "lost": lost, "gpu_nodes": [w.node_id for w in workers],
+            "summary": {"run_id": summary.run_id, "files": summary.files, "rows": summary.rows,
+                        "errors": summary.errors, "wall_s": round(summary.wall_s, 1)},
+            "alive_nodes": sorted(n["NodeID"] for n in ray.nodes() if n["Alive"]),
+            "app_left_running": LOSS_APP in serve.status().applications,
+            "timings": {"total_s": round(time.monotonic() - start, 1)},
+        }
+    finally:
+        try:
+            serve.shutdown()
+        except Exception:  # noqa: BLE001 - the cluster goes next anyway
+            traceback.print_exc()
+        ray.shutdown()
+        cluster.shutdown()
+
+
 if __name__ == "__main__":
+    scenario = main
+    if sys.argv[1:2] == ["--node-loss"]:
+        scenario = node_loss_main
+        del sys.argv[1]
     if len(sys.argv) != 3:
-        sys.exit(f"usage: {sys.argv[0]} INPUT_DIR OUTPUT_DIR")
+        sys.exit(f"usage: {sys.argv[0]} [--node-loss] INPUT_DIR OUTPUT_DIR")
     sys.path.insert(0, str(ROOT))
     own_tmp = "RAY_TMPDIR" not in os.environ
     if own_tmp:
@@ -251,7 +323,7 @@ if __name__ == "__main__":
         os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rmn-", dir="/tmp")
     result: dict = {"ok": False}
     try:
-        result = main(sys.argv[1], sys.argv[2])
+        result = scenario(sys.argv[1], sys.argv[2])
     except BaseException as e:  # noqa: BLE001 - reported on the RESULT line
         traceback.print_exc()
         result = {"ok": False, "error": f"{type(e).__name__}: {e}"}

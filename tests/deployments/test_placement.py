@@ -40,13 +40,20 @@ def scenario(tmp_path_factory):
         for f in SAMPLES.iterdir():
             shutil.copy(f, inputs / f"c{copy}_{f.name}")
     out = tmp_path_factory.mktemp("placement-out")
+    result, wall_s = run_scenario(str(inputs), str(out))
+    print(f"scenario: {wall_s:.0f} s wall, timings {result['timings']}, replicas {result['timeline']}")
+    return result, inputs, out
+
+
+def run_scenario(*args: str, timeout_s: float = TIMEOUT_S) -> tuple[dict, float]:
+    """tests/deployments/multinode_scenario.py with `args`, in a process of its own: its RESULT and wall time."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     start = time.monotonic()
     # Own session: on a timeout the whole scenario (its Ray nodes included) is ended, and nothing else.
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), str(inputs), str(out)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
+        output, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -54,14 +61,12 @@ def scenario(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             output, _ = proc.communicate()
-        pytest.fail(f"scenario did not finish in {TIMEOUT_S} s:\n{output[-5000:]}")
-    wall_s = time.monotonic() - start
+        pytest.fail(f"scenario did not finish in {timeout_s} s:\n{output[-5000:]}")
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
     assert lines, f"no RESULT line (exit {proc.returncode}):\n{output[-5000:]}"
     result = json.loads(lines[-1][len("RESULT "):])
     assert proc.returncode == 0 and result["ok"], f"{result.get('error')}\n{output[-5000:]}"
-    print(f"scenario: {wall_s:.0f} s wall, timings {result['timings']}, replicas {result['timeline']}")
-    return result, inputs, out
+    return result, time.monotonic() - start
 
 
 def test_each_replica_holds_one_cpu_and_four_gpu_bundles_on_one_node(scenario):
