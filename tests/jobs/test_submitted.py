@@ -144,5 +144,5 @@ def test_submitted_job_whose_engine_cannot_start_fails_with_the_reason(head, tmp
     assert errors and "'submitted-no-model' failed to start: " in errors[-1] and "/no/such/model" in errors[-1], \
         logs[-3000:]
     status = cli(RAY, "job", "status", "--address", head["address"], "no-model-1", env=head["env"]).stdout
-    assert "FAILED" in status, status
+    assert "Job 'no-model-1' failed" in status and "exit code 1" in status, status
     assert "submitted-no-model" not in apps(head)
