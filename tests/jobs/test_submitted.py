@@ -53,8 +53,11 @@ def head():
             assert time.monotonic() < deadline, "the head's dashboard did not come up"
             time.sleep(1)
         # Serve without HTTP proxies: the job calls its app through a handle, and port 8000 is not ours.
-        cli(SERVE, "start", "--address", f"127.0.0.1:{ports['port']}", "--proxy-location", "Disabled",
-            env=env)
+        for attempt in range(3):  # its GCS connection can time out on a loaded machine
+            started = cli(SERVE, "start", "--address", f"127.0.0.1:{ports['port']}", "--proxy-location",
+                          "Disabled", env=env, check=attempt == 2)
+            if started.returncode == 0:
+                break
         yield {"address": address, "env": env, "temp": temp}
     finally:
         proc.send_signal(signal.SIGTERM)  # `ray start --block` ends the processes it started
