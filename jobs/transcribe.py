@@ -17,6 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from contract.config import ConfigError, load_config  # noqa: E402
 from pipeline.lease import LeaseLost, OutputBusy  # noqa: E402
 from pipeline.sources import SourceError  # noqa: E402
+from pipeline.writable import OutputNotWritable, check_writable  # noqa: E402
+
+OUR_PACKAGES = ("contract", "pipeline", "deployments", "jobs", "__main__")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,13 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true",
                         help="no progress line (by default on stderr: in place on a terminal, else a log line)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our own messages at INFO; libraries' (botocore's "Found credentials ...") only from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for package in OUR_PACKAGES:
+        logging.getLogger(package).setLevel(logging.INFO)
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    # Ray is imported only once the config is known to be good.
+    try:
+        check_writable(config.output.uri, config.storage.model_dump())
+    except OutputNotWritable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    # Ray is imported only once the config is known to be good and the output writable.
     from deployments.app import EngineStartFailed, serving
     from pipeline.run import run
 
@@ -43,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         # The pipeline opens the app (starts it, or reuses a running one) only if there is work, and an app
         # started here is deleted however the run ends.
         summary = run(config, serving, retry_failed=args.retry_failed, progress=None if args.quiet else sys.stderr)
-    except (ConfigError, SourceError) as e:
+    except (ConfigError, SourceError, OutputNotWritable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (OutputBusy, LeaseLost) as e:  # another run writes the same output

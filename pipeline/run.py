@@ -38,6 +38,7 @@ from pipeline.sink import ParquetSink
 from pipeline.sources import SourceFile, list_audio
 from pipeline.staging import remove_leftovers
 from pipeline.storage import open_fs
+from pipeline.writable import check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ def run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], *,
     OutputBusy before any work."""
     run_id = new_run_id()
     o = config.output
+    # Before the lease, any listing, Ray or engine: else every answer would be lost at the end.
+    check_writable(o.uri, config.storage.model_dump())
     with OutputLease(o.uri, run_id, stale_s=o.lease_stale_s, wait_s=o.lease_wait_s,
                      storage=config.storage.model_dump()) as lease:
         try:
