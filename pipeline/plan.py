@@ -1,8 +1,8 @@
 """Which files this run works on: the listing minus what the output already answers.
 
-A plan of more than `CHUNK` files is streamed to a Parquet file beside the output (`_plans/`, which readers
-skip) in chunks, so the driver's memory does not grow with the number of files, and Ray Data reads it back in
-parallel. A smaller one stays in memory: Ray Data starts on it at once, without a read's listing and read tasks
+A plan of more than `CHUNK` files is streamed in chunks to a Parquet file beside the output
+(`_plans/<run_id>.plan`, which no reader of the answers picks up), so the driver's memory does not grow with the
+number of files, and Ray Data reads it back in parallel. A smaller one stays in memory: Ray Data starts on it at once, without a read's listing and read tasks
 (seconds of every small job's start-up).
 """
 
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from contract.config import TaskConfig, asks
 from pipeline.answered import Answered
 from pipeline.sources import SourceFile
-from pipeline.staging import PLANS
+from pipeline.staging import PLAN_SUFFIX, PLANS
 from pipeline.storage import full_uri, open_fs
 
 PLAN_SCHEMA = pa.schema([("item_id", pa.string()), ("source_uri", pa.string()), ("size", pa.int64()),
@@ -60,7 +60,7 @@ def _planned(sources: list[SourceFile], answered: Answered, tasks: list[TaskConf
 def write_plan(sources: Iterable[SourceFile], answered: Answered, tasks: list[TaskConfig], output_uri: str,
                run_id: str, storage: dict | None = None) -> Plan:
     """`sources` less those `answered` in full: in memory if they are one chunk, else streamed to
-    `<output>/_plans/<run_id>.parquet`."""
+    `<output>/_plans/<run_id>.plan` (Parquet, named so no reader of the output takes it for answers)."""
     sources = iter(sources)
     head = list(itertools.islice(sources, CHUNK + 1))
     if len(head) <= CHUNK:
@@ -69,7 +69,7 @@ def write_plan(sources: Iterable[SourceFile], answered: Answered, tasks: list[Ta
     sources = itertools.chain(head, sources)
     del head
     fs, root = open_fs(output_uri, storage)
-    path = posixpath.join(root, PLANS, f"{run_id}.parquet")
+    path = posixpath.join(root, PLANS, f"{run_id}{PLAN_SUFFIX}")
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     listed = todo = 0
     with fs.open(path, "wb") as f, pq.ParquetWriter(f, PLAN_SCHEMA) as writer:

@@ -36,7 +36,7 @@ from pipeline.report import report_run, run_facts
 from pipeline.shards import FILE_PLAN_ROWS, piece_slices, prepare_samples, shard_samples
 from pipeline.sink import ParquetSink
 from pipeline.sources import SourceFile, list_audio
-from pipeline.staging import remove_leftovers
+from pipeline.staging import PLAN_SUFFIX, remove_leftovers
 from pipeline.storage import open_fs
 from pipeline.writable import check_writable
 
@@ -122,7 +122,8 @@ def plan_dataset(config: Config, plan: Plan) -> ray.data.Dataset:
         return ray.data.from_arrow([plan.table.slice(i, r.files_per_task)
                                     for i in range(0, plan.todo, r.files_per_task)])
     fs, _ = open_fs(plan.path, config.storage.model_dump())
-    files = ray.data.read_parquet(plan.path, filesystem=fs, ray_remote_args={"num_cpus": r.read_cpus})
+    files = ray.data.read_parquet(plan.path, filesystem=fs, file_extensions=[PLAN_SUFFIX.lstrip(".")],
+                                  ray_remote_args={"num_cpus": r.read_cpus})
     return files.repartition(target_num_rows_per_block=FILE_PLAN_ROWS if sharded else r.files_per_task)
 
 

@@ -1,7 +1,9 @@
 """Committing a file all at once, and the output's reserved folders; no Ray, so pure planning can use it.
 
-A file is written under `_tmp/` (ignored by readers: pyarrow skips names starting with `_` or `.`) and then
-moved into place, so a reader never sees half of one.
+A file is written under `_tmp/` and then moved into place, so a reader never sees half of one. What the job keeps
+under its own folders never ends in `.parquet` (staged files end in `.staged`, plans in `.plan`): pyarrow and
+Spark skip folders starting with `_`, but DuckDB's `read_parquet('<uri>/**/*.parquet')` does not, and would
+read a dead run's leftovers as answers.
 """
 
 from __future__ import annotations
@@ -15,13 +17,20 @@ import pyarrow.parquet as pq
 
 from pipeline.storage import open_fs
 
-STAGING = "_tmp"  # readers skip names starting with "_"
+STAGING = "_tmp"
 PLANS = "_plans"
+STAGED_SUFFIX = ".staged"  # never ".parquet": a glob for answers must not match what is not one yet
+PLAN_SUFFIX = ".plan"
+
+
+def staged_path(root: str) -> str:
+    """A new path to stage a file at, under `root`'s `_tmp/`."""
+    return posixpath.join(root, STAGING, f"{uuid.uuid4().hex}{STAGED_SUFFIX}")
 
 
 def commit_table(fs: fsspec.AbstractFileSystem, root: str, table: pa.Table, relpath: str) -> str:
     """Write `table` to `root/relpath` all at once (staged, then moved); returns the final path."""
-    staged = posixpath.join(root, STAGING, f"{uuid.uuid4().hex}.parquet")
+    staged = staged_path(root)
     final = posixpath.join(root, relpath)
     fs.makedirs(posixpath.dirname(staged), exist_ok=True)
     fs.makedirs(posixpath.dirname(final), exist_ok=True)
