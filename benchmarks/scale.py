@@ -3,7 +3,7 @@
 What it measures: everything the job's driver does before the Dataset executes, by calling
 `pipeline.run.run(config)` itself (configs/local.yaml, input = a temp dir of tiny WAVs, 0.1 s each, 1,000
 per folder) with the two things that need a model stubbed: the app handed to `run` yields a stand-in handle
-that only answers `info`, and `Dataset.write_datasink` / `write_parquet` keep the planned Dataset without executing it.
+that only answers `info`, and `pipeline.run.write_output` keeps the planned Dataset without executing it.
 So it covers scanning the output for answered items, listing, writing the plan, building the lazy Dataset,
 and counting what was written, whatever `run` does today. Per size:
 
@@ -82,7 +82,6 @@ def child(uri: str, out: str, address: str, trace: bool) -> None:
 
     import psutil
     import ray
-    import ray.data
 
     import pipeline.run as prun
     from _common import Timers
@@ -95,11 +94,10 @@ def child(uri: str, out: str, address: str, trace: bool) -> None:
     def fake_app(config):  # what `run` opens instead of the Serve app
         return contextlib.nullcontext(_FakeHandle())
 
-    def no_execution(self, *args, **kwargs):  # Dataset.write_*: keep the planned Dataset, execute nothing
-        planned["dataset"] = self
+    def no_execution(dataset, writer):  # pipeline.run.write_output: keep the planned Dataset, execute nothing
+        planned["dataset"] = dataset
 
-    ray.data.Dataset.write_datasink = no_execution
-    ray.data.Dataset.write_parquet = no_execution
+    prun.write_output = no_execution
 
     # Warm up imports and the connection with the sample clips, so they are not counted.
     prun.run(load_config(None, [f"input.uri={ROOT / 'samples' / 'audio'}", f"output.uri={out}-warm"]), fake_app)

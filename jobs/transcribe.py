@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -48,8 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Ray is imported only once the config is known to be good and the output writable.
     from deployments.app import EngineStartFailed, serving
-    from pipeline.run import run
+    from pipeline.run import Interrupted, run
 
+    # SIGTERM (a scheduler stopping the job) ends the run as Ctrl-C does, its answers committed: SystemExit(15) in
+    # the main thread, as Ray's driver handler (installed by ray.init) also does.
+    sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
     try:
         # The pipeline opens the app (starts it, or reuses a running one) only if there is work, and an app
         # started here is deleted however the run ends.
@@ -63,9 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     except EngineStartFailed as e:  # a wrong model path, out of memory at load, no nodes for the replicas
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except Interrupted as e:  # stopped while answering: what it answered is written, and counted
+        print(e, file=sys.stderr)
+        return 128 + (signal.SIGINT if e.how == "interrupted" else signal.SIGTERM)
+    except KeyboardInterrupt:  # before any answer
         print("interrupted: what was written stays; run the same command again to resume", file=sys.stderr)
         return 130
+    except SystemExit as e:
+        if e.code != signal.SIGTERM:
+            raise
+        print("terminated: what was written stays; run the same command again to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
     print(summary)
     return 0
 

@@ -86,26 +86,22 @@ def _combining_row(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {**row, "question": combining_question(first["prompt"], parts)}
 
 
-def combine(config: Any, model: str, run_id: str, handle: Any) -> int:
-    """Ask the combining requests that the output calls for (`pending`) and write their rows, through the same
-    inference stage and sink as the main pass; returns how many. `config` is the run's Config."""
+def combining(config: Any, model: str, run_id: str, handle: Any) -> Any:
+    """The combining requests that the output calls for (`pending`), answered by the same inference stage as the
+    main pass: a lazy Dataset of their rows for the run's writer, or None when there is nothing to combine.
+    `config` is the run's Config."""
     import ray
 
     from pipeline.infer import Infer
-    from pipeline.sink import ParquetSink
 
-    storage, r = config.storage.model_dump(), config.resources
-    todo = pending(config.output.uri, model, storage)
+    r = config.resources
+    todo = pending(config.output.uri, model, config.storage.model_dump())
     if not todo.num_rows:
-        return 0
+        return None
     blocks = [todo.slice(i, r.batch_size) for i in range(0, todo.num_rows, r.batch_size)]
-    rows = ray.data.from_arrow(blocks).map_batches(
+    return ray.data.from_arrow(blocks).map_batches(
         Infer, batch_format="pyarrow", batch_size=r.batch_size, num_cpus=r.infer_cpus,
         compute=ray.data.ActorPoolStrategy(size=r.infer_actors,
                                            max_tasks_in_flight_per_actor=r.max_concurrent_batches),
         fn_constructor_kwargs={"handle": handle, "tasks": [t.model_dump() for t in config.tasks], "model": model,
                                "run_id": run_id, "attempts": r.attempts})
-    # Its own file names (the sink names files by run and write task): the main pass's files stay as they are.
-    rows.write_datasink(ParquetSink(config.output.uri, f"{run_id}-combine", config.output.rows_per_file, storage),
-                        ray_remote_args={"num_cpus": r.write_cpus})
-    return todo.num_rows

@@ -119,7 +119,10 @@ class Snapshot:
             f"{self.requests_done} of {self.requests_known} known requests",
         ]
         if final:
-            return f"progress: {final}: " + ", ".join(parts) + f", {self.rows} rows in {_duration(self.elapsed_s)}"
+            # Rows the engines answered; when stopped, the run's own line says how many of them reached the output.
+            answered = " answered" if final == "stopped" else ""
+            return (f"progress: {final}: " + ", ".join(parts)
+                    + f", {self.rows} rows{answered} in {_duration(self.elapsed_s)}")
         return "progress: " + ", ".join(parts) + f", elapsed {_duration(self.elapsed_s)}"
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +26,7 @@ import ray
 from contract.config import Config, ConfigError
 from contract.messages import ModelInfo
 from pipeline.answered import Answered, scan
-from pipeline.combine import combine
+from pipeline.combine import combining
 from pipeline.infer import Infer
 from pipeline.lease import LeaseLost, OutputLease
 from pipeline.manifest import read_manifest
@@ -34,7 +37,7 @@ from pipeline.progress import Progress
 from pipeline.prune import prune
 from pipeline.report import report_run, run_facts
 from pipeline.shards import FILE_PLAN_ROWS, piece_slices, prepare_samples, shard_samples
-from pipeline.sink import ParquetSink
+from pipeline.sink import OutputWriter
 from pipeline.sources import SourceFile, list_audio
 from pipeline.staging import PLAN_SUFFIX, remove_leftovers
 from pipeline.storage import open_fs
@@ -60,6 +63,16 @@ class Summary:
                 f"in {self.wall_s:.1f} s -> {self.output_uri}")
 
 
+class Interrupted(Exception):
+    """The run was stopped (Ctrl-C: `how` is "interrupted", SIGTERM: "terminated") after committing the rows it
+    had answered; `rows` and `errors` are what it wrote, counted on disk."""
+
+    def __init__(self, how: str, run_id: str, rows: int, errors: int, output_uri: str):
+        super().__init__(f"{how}: run {run_id} wrote {rows} rows ({errors} errors) to {output_uri}, which stay; "
+                         "run the same command again to resume")
+        self.how, self.rows, self.errors = how, rows, errors
+
+
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
@@ -73,6 +86,10 @@ def init_ray(config: Config) -> None:
         ray.init(address=address)
     else:
         ray.init(address="local", num_cpus=config.ray.num_cpus, include_dashboard=False)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM ends the run as Ctrl-C does (SystemExit(15), its answers committed on the way out). Ray's core
+        # worker puts a crash handler over ray.init's own: it dumps a stack and aborts the driver 3 s later.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
 
 
 def item_seconds(config: Config, info: ModelInfo) -> float:
@@ -177,6 +194,7 @@ def _run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], r
     prune(output, drop_retryable=retry_failed, storage=storage)
     answered = scan(output, model, storage)
     plan = write_plan(sources(config), answered, config.tasks, output, run_id, storage)
+    writer = OutputWriter(output, run_id, config.output.rows_per_file, storage)
     try:
         if plan.listed == 0:
             logger.warning("no audio files under %s (extensions %s)", config.input.uri, config.input.extensions)
@@ -187,10 +205,16 @@ def _run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], r
                 with Progress(plan.todo, stream=progress, app_name=handle.app_name,
                               deployment_name=handle.deployment_name) as tracker:
                     dataset = build_dataset(config, plan, answered, info, run_id, handle, tracker.counter)
-                    dataset.write_datasink(ParquetSink(output, run_id, config.output.rows_per_file, storage),
-                                           ray_remote_args={"num_cpus": config.resources.write_cpus})
+                    write_output(dataset, writer)
                 # Recordings answered in parts get their one answer (pipeline.combine), also a dead run's.
-                combine(config, model, run_id, handle)
+                combined = combining(config, model, run_id, handle)
+                if combined is not None:
+                    write_output(combined, writer)
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C; SIGTERM (Ray's driver handler exits with 15)
+        if isinstance(stop, SystemExit) and stop.code != signal.SIGTERM:
+            raise
+        how = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        raise Interrupted(how, run_id, writer.rows, writer.errors, output) from None
     finally:
         remove_plan(plan, storage)
     rows, errors, audio_s = count_written(output, run_id, storage)
@@ -199,6 +223,16 @@ def _run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], r
     if config.report.enabled:
         write_report(config, summary, started_at, tracker)
     return summary
+
+
+def write_output(dataset: ray.data.Dataset, writer: OutputWriter) -> None:
+    """Execute `dataset`, committing its rows as they come (pipeline.sink); however it stops, the rows already
+    answered are committed before this returns or raises."""
+    try:
+        for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+            writer.add(block)
+    finally:
+        writer.flush()
 
 
 def write_report(config: Config, summary: Summary, started_at: datetime, tracker: Progress | None) -> None:

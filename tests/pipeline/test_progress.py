@@ -58,7 +58,7 @@ def test_speed_and_eta_come_from_what_is_done():
     assert snap.line() == ("progress: 4/10 files (40%), ETA 15:00, 1 errors (decode 1), 0.500 audio h, 3.0 audio h/h, "
                            "8 of 9 known requests, elapsed 10:00")
     assert snap.line(final="stopped") == ("progress: stopped: 4/10 files (40%), 1 errors (decode 1), 0.500 audio h, "
-                                          "3.0 audio h/h, 8 of 9 known requests, 8 rows in 10:00")
+                                          "3.0 audio h/h, 8 of 9 known requests, 8 rows answered in 10:00")
     assert Snapshot(files_todo=10, elapsed_s=5).eta_s is None
 
 
