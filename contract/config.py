@@ -333,9 +333,21 @@ def asks(tasks: list[TaskConfig], task: str | None = None, question: str | None 
     return [t.model_copy(update={"question": question}) for t in chosen] if question else chosen
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(key: str, text: str) -> Any:
     """A `--set` value is YAML, so `--set resources.batch_size=4` gives an int and `x=[a,b]` a list."""
-    return yaml.safe_load(text) if text.strip() else ""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: not a valid YAML value: {_yaml_problem(e)}") from None
+
+
+def _yaml_problem(error: yaml.YAMLError, source: str | None = None, what: str = "") -> str:
+    """What is wrong, and where: `file:line:column: ` (1-based) first when `source` names the file."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    if source is None:
+        return what + problem
+    return f"{source}:{mark.line + 1}:{mark.column + 1}: {what}{problem}" if mark else f"{source}: {what}{problem}"
 
 
 def _apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -349,7 +361,7 @@ def _apply_override(data: dict[str, Any], assignment: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {key}: {part!r} is not a section")
         node = child
-    node[leaf] = _parse_value(value)
+    node[leaf] = _parse_value(key.strip(), value)
 
 
 def _format_error(error: ValidationError, source: str) -> str:
@@ -375,7 +387,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     try:
         data = yaml.safe_load(os.path.expandvars(text)) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from e
+        raise ConfigError(_yaml_problem(e, str(path), "not valid YAML: ")) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for assignment in overrides:
@@ -383,4 +395,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, str(path))) from None
+        raise ConfigError(_format_error(e, _blamed(e, str(path), overrides))) from None
+
+
+def _blamed(error: ValidationError, path: str, overrides: list[str]) -> str:
+    """Where the first error's value came from: the last `--set` of that field (or of a section holding it),
+    else the file."""
+    loc = [str(p) for p in error.errors()[0]["loc"]]
+    for assignment in reversed(overrides):
+        key = assignment.partition("=")[0].strip().split(".")
+        if key == loc[:len(key)] or loc == key[:len(loc)]:
+            return f"--set {assignment.partition('=')[0].strip()}"
+    return path

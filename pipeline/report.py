@@ -264,11 +264,13 @@ def run_facts(config, *, run_id: str, started_at: datetime, wall_s: float, files
 
 
 def report_run(uri: str, facts: dict, storage: dict | None = None) -> str:
-    """At the end of a run: record its facts, build and write its report (and `latest`); the HTML's path."""
+    """At the end of a run: record its facts, build and write its report, and `latest` unless the run had
+    nothing to do (a page of zeros would hide the last run that did something); the HTML's path."""
     write_run_facts(uri, facts, storage)
     report, page = build(uri, [facts["run_id"]], storage=storage)
     path = write(uri, facts["run_id"], report, page, storage=storage)
-    write_latest(uri, report, page, storage)
+    if facts["files_todo"]:
+        write_latest(uri, report, page, storage)
     return path
 
 

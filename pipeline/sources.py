@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import logging
+import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -19,6 +21,8 @@ from fsspec.asyn import sync
 
 from contract.times import as_utc, parse_time
 from pipeline.storage import full_uri, open_fs
+
+logger = logging.getLogger(__name__)
 
 
 class SourceError(Exception):
@@ -82,10 +86,38 @@ def _walk(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, dict[
             except StopAsyncIteration:
                 return
             yield info["name"], info
+    elif _is_local(fs):
+        yield from _walk_local(fs, root)
     else:
         for folder, _, files in fs.walk(root, detail=True):
             for name, info in files.items():
                 yield info.get("name") or posixpath.join(folder, name), info
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "file" in protocols or "local" in protocols
+
+
+def _walk_local(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """A local folder's files, following symlinked folders (fsspec's walk skips them without a word); a link
+    back to a folder already listed (a loop, or a second way to the same folder) is reported and not followed."""
+    seen: set[tuple[int, int]] = set()
+    for folder, folders, files in os.walk(root, followlinks=True):
+        stat = os.stat(folder)
+        if (stat.st_dev, stat.st_ino) in seen:
+            logger.warning("input: not listing %s again: it is a link to a folder already listed",
+                           folder)
+            folders[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        folders.sort()
+        for name in sorted(files):
+            path = posixpath.join(folder, name)
+            try:
+                yield path, fs.info(path)
+            except FileNotFoundError:
+                logger.warning("input: skipping %s: a link to nothing", path)
 
 
 def list_audio(uri: str, extensions: list[str], *, storage: dict | None = None, glob: str | None = None,

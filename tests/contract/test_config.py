@@ -71,6 +71,6 @@ def test_typo_on_command_line_answers_fast_in_one_line():
     assert time.perf_counter() - start < 20
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("config error: ") and line.endswith("local.yaml: inptu: unknown field (typo?)")
+    assert line == "config error: --set inptu.uri: inptu: unknown field (typo?)"
     assert "Traceback" not in done.stderr
     assert "ray" not in done.stdout.lower()
