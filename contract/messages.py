@@ -12,15 +12,20 @@ from typing import Any
 import numpy as np
 
 from contract.config import SamplingConfig
+from contract.text import summary
 
 # Seconds: from a short Whisper item on a GPU to a long reasoning chain on a busy engine. The pipeline's and
 # the replicas' latency histograms share these buckets, so the two line up.
 LATENCY_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800]
 
 
+ERROR_LIMIT = 2000  # characters of an error message kept in a row: every decoder's reason fits, a payload not
+
+
 def error_fields(exc: BaseException, *, retryable: bool) -> dict[str, Any]:
     """An exception as the error fields that results and output rows share: the one mapping of the two."""
-    return {"error_class": type(exc).__name__, "error": str(exc) or type(exc).__name__, "retryable": retryable}
+    return {"error_class": type(exc).__name__, "error": summary(str(exc) or type(exc).__name__, ERROR_LIMIT),
+            "retryable": retryable}
 
 
 @dataclass

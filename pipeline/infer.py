@@ -23,6 +23,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from contract.config import TaskConfig
 from contract.messages import GenerationRequest, GenerationResult
 from contract.retry import Backoff, retry
+from contract.text import summary
 from pipeline.answered import row_key
 from pipeline.metrics import PipelineMetrics
 from pipeline.progress import report
@@ -126,7 +127,7 @@ class Infer:
     async def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         def log(n: int, error: BaseException, pause: float) -> None:
             logger.warning("batch of %d failed (attempt %d of %d): %s", len(requests), n, self.attempts,
-                           str(error).splitlines()[0])
+                           summary(str(error).splitlines()[0] if str(error) else type(error).__name__))
 
         try:
             return await retry(lambda: self.handle.generate.remote(requests), tries=self.attempts, backoff=BACKOFF,
@@ -135,5 +136,5 @@ class Infer:
             if len(requests) > 1:
                 return [r for parts in await asyncio.gather(*(self._generate([r]) for r in requests)) for r in parts]
             quarantined = Quarantined(f"failed {self.attempts} times alone, each time losing its replica or "
-                                      f"engine; last: {type(failure).__name__}: {str(failure).splitlines()[0]}")
+                                      f"engine; last: {type(failure).__name__}: {summary((str(failure) or '-').splitlines()[0])}")
             return [GenerationResult.failure(requests[0].request_id, quarantined, retryable=False)]

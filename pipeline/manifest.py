@@ -21,6 +21,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from contract.text import summary
 from pipeline.sources import SourceError, SourceFile, item_id, version_of
 from pipeline.storage import full_uri, open_fs
 
@@ -49,13 +50,13 @@ def _batches(fs, path: str) -> Iterator[pa.RecordBatch]:
 def _resolve(base_fs, base_dir: str, raw: Any, storage: dict | None) -> tuple[Any, str]:
     """(filesystem, path) of a manifest URI: absolute URIs as they are, relative ones below the manifest."""
     if not isinstance(raw, str) or not raw.strip():
-        raise InvalidURI(f"audio URI is missing (got {raw!r})")
+        raise InvalidURI(f"audio URI is missing (got {type(raw).__name__}: {summary(raw, 200)})")
     raw = raw.strip()
     if "://" in raw or raw.startswith("/"):
         try:
             return open_fs(raw, storage)
         except (ValueError, ImportError) as e:
-            raise InvalidURI(f"audio URI {raw!r} is malformed: {e}") from e
+            raise InvalidURI(f"audio URI {summary(raw)!r} is malformed: {e}") from e
     return base_fs, posixpath.normpath(posixpath.join(base_dir, raw))
 
 
@@ -79,7 +80,7 @@ def read_manifest(uri: str, uri_column: str, *, storage: dict | None = None) -> 
             line += 1
             raw = row.pop(uri_column)
             fixed = {k: row.pop(k, None) for k in RESERVED}
-            metadata = json.dumps(row, default=str, ensure_ascii=False) if row else None
+            metadata = json.dumps(row, default=summary, ensure_ascii=False) if row else None
             common = {"task": fixed["task"], "question": fixed["question"], "metadata": metadata}
             try:
                 file_fs, file_path = _resolve(fs, base_dir, raw, storage)
@@ -89,8 +90,8 @@ def read_manifest(uri: str, uri_column: str, *, storage: dict | None = None) -> 
                 yield SourceFile(str(fixed["id"]) if fixed["id"] is not None else item_id(source, size, version),
                                  source, size, version, **common)
             except (InvalidURI, OSError) as e:
-                error = e if isinstance(e, InvalidURI) else InvalidURI(f"{raw}: {e}")
+                error = e if isinstance(e, InvalidURI) else InvalidURI(f"{summary(raw)}: {e}")
                 stable = hashlib.sha256(f"{uri}\0{line}\0{raw}".encode()).hexdigest()[:24]
-                yield SourceFile(str(fixed["id"]) if fixed["id"] is not None else stable, str(raw), 0, "",
+                yield SourceFile(str(fixed["id"]) if fixed["id"] is not None else stable, summary(raw), 0, "",
                                  error_class=type(error).__name__, error=f"manifest row {line}: {error}", **common)
 
