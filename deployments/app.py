@@ -18,6 +18,8 @@ from typing import Any
 import ray
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import ProxyLocation
+from ray.serve.context import _get_global_client
 from ray.serve.handle import DeploymentHandle
 
 from contract.config import Config, load_config
@@ -109,8 +111,14 @@ def wait_until_running(name: str, timeout_s: float, poll_s: float = 1.0) -> None
 
 def start_app(config: Config, owner_token: str | None = None) -> tuple[DeploymentHandle, bool]:
     """The app's handle, and whether this call started it (and so must delete it). An app it starts but that
-    does not run within `deployment.start_timeout_s` is deleted, and EngineStartFailed raised."""
+    does not run within `deployment.start_timeout_s` is deleted, and EngineStartFailed raised.
+
+    Serve, if this starts it, starts without an HTTP proxy: the batch job only needs the handle, and a proxy
+    would take port 8000 from a `serve run` or RayService on the same cluster. A Serve already running (with its
+    proxy, if it has one) is used as it is."""
     name = config.deployment.app_name
+    if _get_global_client(raise_if_no_controller_running=False) is None:
+        serve.start(proxy_location=ProxyLocation.Disabled)
     if config.deployment.reuse_running and name in serve.status().applications:
         return serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=name), False
     (handle,) = serve.run_many([serve.RunTarget(application(config, owner_token), name=name, route_prefix=None)],

@@ -140,7 +140,7 @@ def plan_dataset(config: Config, plan: Plan) -> ray.data.Dataset:
                                     for i in range(0, plan.todo, r.files_per_task)])
     fs, _ = open_fs(plan.path, config.storage.model_dump())
     files = ray.data.read_parquet(plan.path, filesystem=fs, file_extensions=[PLAN_SUFFIX.lstrip(".")],
-                                  ray_remote_args={"num_cpus": r.read_cpus})
+                                  num_cpus=r.read_cpus)
     return files.repartition(target_num_rows_per_block=FILE_PLAN_ROWS if sharded else r.files_per_task)
 
 

@@ -37,8 +37,12 @@ def ray_cluster():
     # as in these small runs, still gets its counts out before it exits.
     ray.init(address="local", num_cpus=8, include_dashboard=False, log_to_driver=False,
              _system_config={"metrics_report_interval_ms": 1000})
-    yield ray
     from ray import serve
+
+    # Serve with its HTTP proxy, on a free loopback port, for the HTTP tests; a pipeline run started first would
+    # otherwise start Serve without one (the batch job needs only the handle).
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
+    yield ray
 
     serve.shutdown()
     ray.shutdown()
