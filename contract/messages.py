@@ -61,7 +61,8 @@ class GenerationResult:
     truncated: bool = False
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    latency_s: float | None = None
+    latency_s: float | None = None  # the engine's own time for the request
+    queue_s: float | None = None  # time it waited in the replica for an engine slot, before that
     error_class: str | None = None
     error: str | None = None
     retryable: bool = False

@@ -96,6 +96,8 @@ class EngineServer:
         self.metrics = ReplicaMetrics(self.engine.info.model_name)
         self.request_timeout_s = request_timeout_s
         self.watch = ProgressWatch(stall_timeout_s)
+        # Made on first use, on the loop that serves requests.
+        self._slots: asyncio.Semaphore | None = None
 
     def __serve_build_asgi_app__(self):
         from deployments.openai.routes import build_app
@@ -123,11 +125,32 @@ class EngineServer:
     def stream_one(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
         return self.metrics.measure_stream(self._stream_one(request))
 
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[float]:
+        """One of the engine's `concurrency` slots (none to wait for if it sets no limit); yields the seconds
+        waited for it."""
+        arrived = time.perf_counter()
+        if self.engine.concurrency is None:
+            yield 0.0
+            return
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.engine.concurrency)
+        async with self._slots:
+            yield time.perf_counter() - arrived
+
+    async def _timed(self, request: GenerationRequest) -> GenerationResult:
+        """The engine's result, with `latency_s` its own time and `queue_s` the wait for a slot before it."""
+        async with self._slot() as waited:
+            began = time.perf_counter()
+            result = await self.engine.generate(request)
+        result.latency_s, result.queue_s = time.perf_counter() - began, waited
+        return result
+
     async def _generate_one(self, request: GenerationRequest) -> GenerationResult:
         """A result, failed if the request cannot be answered; raises only if the engine itself is in trouble."""
         try:
             with self.watch.request():
-                result = await asyncio.wait_for(self.engine.generate(request), self.request_timeout_s)
+                result = await asyncio.wait_for(self._timed(request), self.request_timeout_s)
         except UNANSWERABLE as e:
             return self._failure(request, e)
         return held_to_schema(request, result)
@@ -140,17 +163,20 @@ class EngineServer:
         pieces = self.engine.stream(request)
         with self.watch.request():
             try:
-                while True:
-                    try:
-                        piece = await asyncio.wait_for(anext(pieces), max(deadline - loop.time(), 0))
-                    except StopAsyncIteration:
-                        return
-                    except UNANSWERABLE as e:
-                        yield StreamDelta("", self._failure(request, e))
-                        return
-                    if piece.result is not None:
-                        piece = dataclasses.replace(piece, result=held_to_schema(request, piece.result))
-                    yield piece
+                async with self._slot() as waited:
+                    began = time.perf_counter()
+                    while True:
+                        try:
+                            piece = await asyncio.wait_for(anext(pieces), max(deadline - loop.time(), 0))
+                        except StopAsyncIteration:
+                            return
+                        except UNANSWERABLE as e:
+                            yield StreamDelta("", self._failure(request, e))
+                            return
+                        if piece.result is not None and not piece.result.error_class:
+                            piece.result.latency_s, piece.result.queue_s = time.perf_counter() - began, waited
+                            piece = dataclasses.replace(piece, result=held_to_schema(request, piece.result))
+                        yield piece
             finally:
                 await pieces.aclose()
 

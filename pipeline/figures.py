@@ -153,7 +153,8 @@ class Figures:
     wall_estimated: bool
     throughput: Throughput
     tokens: Tokens
-    latency_s: Distribution
+    latency_s: Distribution  # the engine's own time per request
+    queue_s: Distribution  # the wait in the replica for an engine slot, before it
     reasoning_chars: Distribution
     answer_chars: Distribution
     completion_tokens: Distribution
@@ -232,6 +233,7 @@ def summarize(rows: pa.Table, facts: dict[str, dict], *, output_uri: str, run_id
                       completion_per_audio_hour=_per(completion, audio_h),
                       reasoning_estimated_per_audio_hour=_per(reasoning_est, audio_h)),
         latency_s=Distribution.of(asked["latency_s"]),
+        queue_s=Distribution.of(asked["queue_s"]),
         reasoning_chars=Distribution.of(answered["reasoning_chars"]),
         answer_chars=Distribution.of(answered["answer_chars"]),
         completion_tokens=Distribution.of(answered["completion_tokens"]),

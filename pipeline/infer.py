@@ -57,6 +57,7 @@ def _result_columns(result: GenerationResult, offset_s: float | None) -> dict[st
         "reasoning": result.reasoning, "answer": result.answer, "segments": segments,
         "finish_reason": result.finish_reason, "truncated": result.truncated, "prompt_tokens": result.prompt_tokens,
         "completion_tokens": result.completion_tokens, "latency_s": result.latency_s,
+        "queue_s": result.queue_s,
         **({"error_stage": "infer", **errors} if errors else {}),
     }
 

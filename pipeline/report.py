@@ -48,8 +48,8 @@ REPORTS = "_reports"
 TEMPLATES = Path(__file__).parent / "templates"
 DATA_COLOR = "#1f77b4"  # every plot draws its data in this colour (tests look for it)
 COLUMNS = ["item_id", "source_uri", "segment_index", "start_s", "end_s", "duration_s", "scope", "part",
-           "part_count", "task", "model", "reasoning", "answer",
-           "finish_reason", "truncated", "prompt_tokens", "completion_tokens", "latency_s", "error", "error_class",
+           "part_count", "task", "model", "reasoning", "answer", "finish_reason", "truncated", "prompt_tokens",
+           "completion_tokens", "latency_s", "queue_s", "error", "error_class",
            "error_stage", "retryable", "run_id", "created_at"]
 
 
@@ -172,6 +172,9 @@ def plots(rows: pa.Table, figures: Figures, facts: dict[str, dict]) -> list[tupl
     latency = [v for v in rows["latency_s"].to_pylist() if v is not None]
     if latency:
         out.append(("Request latency", _histogram(latency, "Request latency in the engine", "seconds")))
+    queued = [v for v in rows["queue_s"].to_pylist() if v is not None]
+    if queued:
+        out.append(("Wait for the engine", _histogram(queued, "Wait in the replica for an engine slot", "seconds")))
     answers = [v for v in rows["answer_chars"].to_pylist() if v is not None]
     if answers:
         out.append(("Answer length", _histogram(answers, "Answer length", "characters")))

@@ -60,6 +60,7 @@ OUTPUT_SCHEMA = pa.schema([
     ("prompt_tokens", pa.int64()),
     ("completion_tokens", pa.int64()),
     ("latency_s", pa.float64()),
+    ("queue_s", pa.float64()),
     ("error", pa.string()),
     ("error_class", pa.string()),
     ("error_stage", pa.string()),

@@ -47,7 +47,13 @@ class StreamDelta:
 
 
 class Engine(abc.ABC):
-    """One model engine per Serve replica; heavy set-up happens in `__init__`."""
+    """One model engine per Serve replica; heavy set-up happens in `__init__`.
+
+    `concurrency`: how many requests the engine works on at once (None: no limit of its own); the replica holds
+    the others back until a slot frees, so a request's `latency_s` is the engine's own time and its wait is
+    `queue_s` (deployments.server)."""
+
+    concurrency: int | None = None
 
     def __init__(self, config: EngineConfig):
         self.config = config

@@ -74,6 +74,7 @@ class OpenAIEngine(Engine):
         # Made on first use, on the loop that serves requests (the replica's), not the one building the engine.
         self._client: Any = None
         self._slots: asyncio.Semaphore | None = None
+        self.concurrency = server.max_concurrency
         self._check_model()
 
     def _check_model(self) -> None:

@@ -83,6 +83,9 @@ class VLLMEngine(Engine):
         self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**config.engine_kwargs))
         self._shut_down = False
         self.max_model_len: int = int(self._engine.model_config.max_model_len)
+        # Sequences the scheduler runs at once; more would wait in vLLM's queue, inside the request's latency.
+        scheduler = getattr(getattr(self._engine, "vllm_config", None), "scheduler_config", None)
+        self.concurrency = int(scheduler.max_num_seqs) if getattr(scheduler, "max_num_seqs", None) else None
         self.max_items: int | None = _min_limit(
             self._format.max_items_per_request, _audio_limit(self._engine, config.engine_kwargs)
         )

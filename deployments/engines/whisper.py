@@ -42,6 +42,7 @@ class WhisperEngine(Engine):
         self._model = WhisperModel(model, **kwargs)
         # One thread per CTranslate2 worker: more would only queue inside the model.
         self._pool = ThreadPoolExecutor(max_workers=kwargs["num_workers"], thread_name_prefix="whisper")
+        self.concurrency = kwargs["num_workers"]
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         if not request.audio or (len(request.audio) != 1 and not request.recording):

@@ -106,7 +106,8 @@ def test_page_is_self_contained_with_plots_of_real_data(finished):
     _, _, out, _, page = finished
     assert "http://" not in page and "https://" not in page and "<script" not in page
     plots = images(page)
-    assert set(plots) == {"Audio answered over the run", "Request latency", "Answer length", "Errors"}
+    assert set(plots) == {"Audio answered over the run", "Request latency", "Wait for the engine", "Answer length",
+                          "Errors"}
     for title, image in plots.items():
         assert image.format == "PNG" and image.size == (640, 320), title
         assert np.asarray(image.convert("L"), dtype=float).std() > 10, title  # not blank
@@ -135,9 +136,9 @@ def test_rebuilt_from_s3(finished, s3, tmp_path):
     assert main(["s3://answers/out", "--run-id", summary.run_id, "--set", f"storage.endpoint_url={url}",
                  "--out", str(tmp_path)]) == 0
     again = json.loads((tmp_path / "report.json").read_text())
-    for key in ("counts", "audio", "wall_s", "latency_s", "answer_chars", "errors", "cost", "tokens"):
+    for key in ("counts", "audio", "wall_s", "latency_s", "queue_s", "answer_chars", "errors", "cost", "tokens"):
         assert again[key] == report[key], key
-    assert len(images((tmp_path / "report.html").read_text())) == 4
+    assert len(images((tmp_path / "report.html").read_text())) == 5
 
 
 def test_reasoning_lengths_and_estimated_tokens_and_a_run_without_facts(tmp_path):
@@ -176,3 +177,17 @@ def test_an_output_without_rows_still_renders_from_the_template(tmp_path):
     assert report["counts"]["rows"] == 0 and report["runs"] == [] and report["latency_s"]["count"] == 0
     assert "<h1>0 runs</h1>" in page and "No rows to plot." in page and "No errors." in page
     assert not images(page)
+
+
+def test_latency_is_the_engines_own_time_and_the_wait_is_apart(finished):
+    """Requests of one batch reach the one-worker whisper engine together: all but one wait for its slot, and
+    that wait is `queue_s`, not part of `latency_s` (the engine works on one at a time, so its own times add up
+    to less than the run)."""
+    summary, rows, _, report, page = finished
+    asked = [r for r in rows if r["finish_reason"]]
+    assert all(r["queue_s"] is not None and r["queue_s"] >= 0 for r in asked)
+    assert max(r["queue_s"] for r in asked) > 0
+    assert sum(r["latency_s"] for r in asked) < summary.wall_s
+    assert report["queue_s"]["count"] == len(asked)
+    assert report["queue_s"]["max"] == pytest.approx(max(r["queue_s"] for r in asked))
+    assert "Wait for the engine" in images(page)
