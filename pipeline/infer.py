@@ -136,6 +136,7 @@ class Infer:
         except ENGINE_FAILURES as failure:
             if len(requests) > 1:
                 return [r for parts in await asyncio.gather(*(self._generate([r]) for r in requests)) for r in parts]
+            last = summary((str(failure) or "-").splitlines()[0])
             quarantined = Quarantined(f"failed {self.attempts} times alone, each time losing its replica or "
-                                      f"engine; last: {type(failure).__name__}: {summary((str(failure) or '-').splitlines()[0])}")
+                                      f"engine; last: {type(failure).__name__}: {last}")
             return [GenerationResult.failure(requests[0].request_id, quarantined, retryable=False)]

@@ -2,8 +2,8 @@
 
 A plan of more than `CHUNK` files is streamed in chunks to a Parquet file beside the output
 (`_plans/<run_id>.plan`, which no reader of the answers picks up), so the driver's memory does not grow with the
-number of files, and Ray Data reads it back in parallel. A smaller one stays in memory: Ray Data starts on it at once, without a read's listing and read tasks
-(seconds of every small job's start-up).
+number of files, and Ray Data reads it back in parallel. A smaller one stays in memory: Ray Data starts on it at
+once, without a read's listing and read tasks (seconds of every small job's start-up).
 """
 
 from __future__ import annotations
