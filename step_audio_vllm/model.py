@@ -38,7 +38,7 @@ from vllm.model_executor.models.utils import (AutoWeightsLoader, WeightsMapper, 
                                               maybe_prefix)
 
 from contract.formats.step_audio_r1 import FORMAT
-from step_audio_vllm.features import MAX_SAMPLES, SAMPLE_RATE, check_item, log_mel, num_frames
+from step_audio_vllm.features import MAX_SAMPLES, SAMPLE_RATE, check_item, log_mel
 
 AUDIO_START, AUDIO_END, AUDIO_PATCH = "<audio_start>", "<audio_end>", "<audio_patch>"
 ADAPTER_HIDDEN = 2048  # fixed in the released adaptor

@@ -19,7 +19,8 @@ KEY = "sk-test-key"
 
 
 class Stub:
-    """A stand-in for an OpenAI-compatible server that answers from a script: (status, json body, headers, delay_s) per request,
+    """A stand-in for an OpenAI-compatible server that answers from a script: (status, json body, headers,
+    delay_s) per request,
     then `default`. It records what it received and the most requests it had in flight at once."""
 
     def __init__(self, key: str | None = KEY):

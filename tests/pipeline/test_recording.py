@@ -6,7 +6,6 @@ Qwen2-Audio model and a small context gets a 3.5-minute file in windows, whose a
 
 from pathlib import Path
 
-import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
