@@ -101,28 +101,25 @@ def tiny_qwen2_audio(tmp_path_factory) -> Path:
     """A tiny random-weight Qwen2-Audio model for the real vLLM engine on CPU (tests/tiny_model.py), built once
     per session (about 10 s, offline). Also exported as TINY_MODEL_PATH, which configs/tiny-vllm.yaml reads:
     `load_config(ROOT / "configs" / "tiny-vllm.yaml")` after requesting this fixture."""
-    import subprocess
-    import sys
-
-    path = tmp_path_factory.mktemp("tiny-qwen2-audio")
-    # In a subprocess: keeps torch and transformers out of the test process, which also drives Ray.
-    subprocess.run([sys.executable, "-m", "tests.tiny_model", str(path)], cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)
-    os.environ["TINY_MODEL_PATH"] = str(path)
-    return path
+    return built_model(tmp_path_factory, "tests.tiny_model", "TINY_MODEL_PATH")
 
 
 @pytest.fixture(scope="session")
 def tiny_step_audio(tmp_path_factory) -> Path:
     """The tiny random-weight Step-Audio-R1 checkpoint of the real shape (tests/tiny_step_audio.py), built once per
     session (seconds, offline). Also exported as TINY_STEP_AUDIO_PATH, which configs/tiny-step-audio.yaml reads."""
+    return built_model(tmp_path_factory, "tests.tiny_step_audio", "TINY_STEP_AUDIO_PATH")
+
+
+def built_model(tmp_path_factory, module: str, env: str) -> Path:
+    """A tiny model built offline by `python -m <module> PATH` and exported as `env` for the configs that read it.
+    In a subprocess: keeps torch and transformers out of the test process, which also drives Ray."""
     import subprocess
     import sys
 
-    path = tmp_path_factory.mktemp("tiny-step-audio")
-    subprocess.run([sys.executable, "-m", "tests.tiny_step_audio", str(path)], cwd=ROOT, check=True,
-                   capture_output=True, timeout=600)
-    os.environ["TINY_STEP_AUDIO_PATH"] = str(path)
+    path = tmp_path_factory.mktemp(module.rsplit(".", 1)[1])
+    subprocess.run([sys.executable, "-m", module, str(path)], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    os.environ[env] = str(path)
     return path
 
 

@@ -173,6 +173,19 @@ def controller_lines() -> list[str]:
             for line in path.read_text(errors="replace").splitlines() if f"app='{APP_NAME}'" in line]
 
 
+def shut_down(cluster) -> None:
+    """Serve, this driver's Ray connection, then the cluster's nodes (a Serve that fails to stop is printed)."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - the cluster goes next anyway
+        traceback.print_exc()
+    ray.shutdown()
+    cluster.shutdown()
+
+
 def main(input_dir: str, output_dir: str) -> dict:
     global _gpu_probe
     import ray
@@ -232,12 +245,7 @@ def main(input_dir: str, output_dir: str) -> dict:
     finally:
         if watcher is not None:
             watcher.stop.set()
-        try:
-            serve.shutdown()
-        except Exception:  # noqa: BLE001 - the cluster goes next anyway
-            traceback.print_exc()
-        ray.shutdown()
-        cluster.shutdown()
+        shut_down(cluster)
         timings["total_s"] = round(time.monotonic() - start, 1)
 
 
@@ -301,12 +309,7 @@ def node_loss_main(input_dir: str, output_dir: str) -> dict:
             "timings": {"total_s": round(time.monotonic() - start, 1)},
         }
     finally:
-        try:
-            serve.shutdown()
-        except Exception:  # noqa: BLE001 - the cluster goes next anyway
-            traceback.print_exc()
-        ray.shutdown()
-        cluster.shutdown()
+        shut_down(cluster)
 
 
 if __name__ == "__main__":
