@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import aclosing
 
 from contract.messages import LATENCY_BOUNDARIES, GenerationResult
 
@@ -87,10 +88,13 @@ class ReplicaMetrics:
         started = self.request_started()
         result, error = None, None
         try:
-            async for piece in pieces:
-                if getattr(piece, "result", None) is not None:
-                    result = piece.result
-                yield piece
+            # Closed with this one: a caller that stops reading frees what the answer holds (an engine slot) now,
+            # not when the garbage collector finds it.
+            async with aclosing(pieces):
+                async for piece in pieces:
+                    if getattr(piece, "result", None) is not None:
+                        result = piece.result
+                    yield piece
         except BaseException as e:
             error = e
             raise
