@@ -16,8 +16,8 @@ import json, sys
 import deployments.app as app
 from ray import serve
 start_app = app.start_app
-def watched(config):
-    started = start_app(config)
+def watched(*args):
+    started = start_app(*args)
     with open(sys.argv[1], "w") as f:
         json.dump(len(serve.status().proxies), f)
     return started

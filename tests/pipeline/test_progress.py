@@ -88,7 +88,7 @@ def test_log_lines_elsewhere_and_a_stopped_line_when_the_run_fails(ray_cluster):
     assert "progress: stopped: 1/2 files (50%)" in lines[-1]
 
 
-def test_the_job_shows_progress_that_matches_the_output_and_quiet_hides_it(whisper_app, tmp_path, capsys,
+def test_the_job_shows_progress_that_matches_the_output_and_quiet_hides_it(whisper_app, tmp_path, capfd,
                                                                          monkeypatch):
     monkeypatch.setattr(pipeline.progress, "LOG_INTERVAL_S", 2.0)
     inputs, out = tmp_path / "in", tmp_path / "out"
@@ -97,7 +97,7 @@ def test_the_job_shows_progress_that_matches_the_output_and_quiet_hides_it(whisp
     where = ["--set", f"input.uri={inputs}", "--set", f"output.uri={out}", "--set", whisper_app[0],
              "--set", whisper_app[1]]
     assert main(where) == 0
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     lines = [line for line in err.splitlines() if " progress: " in line]
     assert len(lines) >= 2 and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d progress: ", x) for x in lines)
     final = FINAL.search(lines[-1])
@@ -114,5 +114,5 @@ def test_the_job_shows_progress_that_matches_the_output_and_quiet_hides_it(whisp
 
     shutil.copy(SAMPLES / "note.m4a", inputs / "note.m4a")
     assert main([*where, "--quiet"]) == 0
-    assert " progress: " not in capsys.readouterr().err
+    assert " progress: " not in capfd.readouterr().err
     assert len(pads.dataset(str(out)).to_table()) == len(table) + 1  # the quiet run did run

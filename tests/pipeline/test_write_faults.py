@@ -145,5 +145,5 @@ def test_writes_reset_or_stalled_half_way_leave_no_partial_or_double_file_and_a_
     keys = Counter(tuple(r[k] for k in KEY) for r in after)
     assert max(keys.values()) == 1
     assert {r["source_uri"].rsplit("/", 1)[1] for r in after} == {p.name for p in inputs.iterdir()}
-    assert len(after) == 6 and not any(r["error_class"] for r in after)  # the lecture is two items
+    assert len(after) == 5 and not any(r["error_class"] for r in after)  # one row per recording
     assert rerun.rows == len(after) - len(seen)
