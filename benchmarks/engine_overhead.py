@@ -241,9 +241,9 @@ def main(items: int) -> None:
         t0 = time.perf_counter()
         handle = serve.run(application(config), name=config.deployment.app_name, route_prefix=None)
         task = config.tasks[0]
-        handle.generate.remote([GenerationRequest("warm-up", [np.zeros(5 * 16000, dtype=np.float32)],
-                                                  question=task.question, system=task.system,
-                                                  prefill=task.prefill, sampling=task.sampling)]).result()
+        handle.generate_one.remote(GenerationRequest("warm-up", [np.zeros(5 * 16000, dtype=np.float32)],
+                                                     question=task.question, system=task.system,
+                                                     prefill=task.prefill, sampling=task.sampling)).result()
         app_s = time.perf_counter() - t0
         engine.wait_ready()
         print(f"Ray started in {ray_s:.1f} s, Serve app (engine) in {app_s:.1f} s, direct engine in "

@@ -148,8 +148,8 @@ def main() -> None:
         warm_config.output.uri = str(tmp / "out-warm")
         t0 = time.perf_counter()
         handle = serve.run(application(warm_config), name=warm_config.deployment.app_name, route_prefix=None)
-        handle.generate.remote([GenerationRequest("warm-up", [np.zeros(16000, dtype=np.float32)],
-                                                  question="x", prefill="off")]).result()
+        handle.generate_one.remote(GenerationRequest("warm-up", [np.zeros(16000, dtype=np.float32)],
+                                                     question="x", prefill="off")).result()
         app_start_s = time.perf_counter() - t0
         warm = Timers({})
         with warm, CpuAccount() as warm_cpu:

@@ -218,7 +218,9 @@ class EngineConfig(Base):
 class AutoscalingConfig(Base):
     min_replicas: int = Field(1, ge=0, description="Fewest replicas.")
     max_replicas: int = Field(1, ge=1, description="Most replicas.")
-    target_ongoing_requests: float = Field(2.0, gt=0, description="Ongoing requests per replica to aim for.")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Requests in flight per replica to aim for (each pipeline call is one request)."
+    )
     upscale_delay_s: float = Field(30.0, ge=0, description="Wait before adding replicas.")
     downscale_delay_s: float = Field(600.0, ge=0, description="Wait before removing replicas.")
 
@@ -243,7 +245,10 @@ class DeploymentConfig(Base):
     app_name: str = Field("audio-reasoning", description="Serve application name.")
     num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is not set.")
     autoscaling: AutoscalingConfig | None = Field(None, description="Autoscale replicas across nodes.")
-    max_ongoing_requests: int = Field(4, ge=1, description="Batches a replica works on at once.")
+    max_ongoing_requests: int = Field(
+        4, ge=1, description="Requests a replica takes at once (the engine's own batch and its queue); more wait "
+        "in the callers. Set it above the engine's max_num_seqs, so a finished sequence is replaced at once."
+    )
     num_cpus: float = Field(1.0, gt=0, description="CPUs the replica actor holds.")
     gpus_per_replica: int = Field(0, ge=0, description="GPUs per replica (tensor parallel size), one bundle each.")
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between engine health checks.")
@@ -272,12 +277,23 @@ class ResourcesConfig(Base):
     decode_cpus: float = Field(0.5, gt=0, description="CPUs per decode + segment task.")
     infer_cpus: float = Field(0.25, gt=0, description="CPUs per inference caller actor.")
     infer_actors: int = Field(1, ge=1, description="Inference caller actors.")
-    batch_size: int = Field(8, ge=1, description="Requests per call to the Serve app.")
-    max_concurrent_batches: int = Field(4, ge=1, description="Calls each caller actor keeps in flight.")
+    batch_size: int = Field(8, ge=1, description="Request rows a caller actor takes from Ray Data at once.")
+    requests_in_flight: int = Field(
+        16, ge=1, description="Requests each caller actor keeps at the engines, each routed to a replica on its own "
+        "and replaced the moment it is answered; callers hold rows for twice this many (decoded audio waiting)."
+    )
     files_per_task: int = Field(4, ge=1, description="Files decoded per decode task.")
     attempts: int = Field(
-        3, ge=1, description="Tries per batch when its replica dies; an item failing this often alone is quarantined."
+        3, ge=1, description="Tries per request when its replica dies; a request failing this often is quarantined."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_concurrent_batches" in data:
+            raise ValueError("max_concurrent_batches is gone: requests are sent one by one now; set "
+                             "resources.requests_in_flight (requests per caller actor) instead")
+        return data
 
 
 class RayConfig(Base):

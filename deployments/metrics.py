@@ -2,8 +2,8 @@
 
 Made with `ray.serve.metrics`, which adds Serve's `deployment`, `replica` and `application` labels when
 created inside a replica, so every series is per replica. Scraped from Ray's metrics endpoint with the `ray_`
-prefix (and `_total` on counters). Serve's own `ray_serve_replica_processing_queries` counts handle calls,
-where one pipeline call carries a whole batch; these count single requests.
+prefix (and `_total` on counters). Serve's own `ray_serve_replica_processing_queries` counts handle calls
+(one per pipeline request) and HTTP requests alike; these count what reached the engine.
 
 - `ray_audio_serve_requests_in_flight` (gauge; model): requests this replica's engine is working on.
 - `ray_audio_serve_requests_total` (counter; model, outcome): requests finished; outcome is `ok`, the error

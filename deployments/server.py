@@ -1,5 +1,5 @@
-"""The Serve deployment: one engine per replica, answering batches of requests from the pipeline (through a
-handle) and people and programs over HTTP (OpenAI-compatible routes, `deployments.openai.routes`)."""
+"""The Serve deployment: one engine per replica, answering requests from the pipeline (through a handle, one
+call per request) and people and programs over HTTP (OpenAI-compatible routes, `deployments.openai.routes`)."""
 
 from __future__ import annotations
 
@@ -115,11 +115,8 @@ class EngineServer:
         """The prompt's text tokens with 0..`up_to` audio items (the pipeline packs recordings by them)."""
         return await self.engine.text_tokens(system, question, prefill, up_to)
 
-    async def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Answer a batch concurrently, so the engine sees every request of it at once."""
-        return list(await asyncio.gather(*(self.generate_one(r) for r in requests)))
-
     async def generate_one(self, request: GenerationRequest) -> GenerationResult:
+        """One request's result (the pipeline sends each on its own, so Serve routes it alone)."""
         return await self.metrics.measure(self._generate_one(request))
 
     def stream_one(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:

@@ -92,16 +92,11 @@ def combining(config: Any, model: str, run_id: str, handle: Any) -> Any:
     `config` is the run's Config."""
     import ray
 
-    from pipeline.infer import Infer
+    from pipeline.infer import answering
 
     r = config.resources
     todo = pending(config.output.uri, model, config.storage.model_dump())
     if not todo.num_rows:
         return None
     blocks = [todo.slice(i, r.batch_size) for i in range(0, todo.num_rows, r.batch_size)]
-    return ray.data.from_arrow(blocks).map_batches(
-        Infer, batch_format="pyarrow", batch_size=r.batch_size, num_cpus=r.infer_cpus,
-        compute=ray.data.ActorPoolStrategy(size=r.infer_actors,
-                                           max_tasks_in_flight_per_actor=r.max_concurrent_batches),
-        fn_constructor_kwargs={"handle": handle, "tasks": [t.model_dump() for t in config.tasks], "model": model,
-                               "run_id": run_id, "attempts": r.attempts})
+    return answering(ray.data.from_arrow(blocks), r, handle, [t.model_dump() for t in config.tasks], model, run_id)

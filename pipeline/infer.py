@@ -1,12 +1,17 @@
-"""The inference stage: async Ray Data actors that send items to the Serve app through a handle.
+"""The inference stage: async Ray Data actors that send requests to the Serve app through a handle.
 
-Each request row (built before, by pipeline.pack) is sent as one request and comes back as one output row.
+Each request row (built before, by pipeline.pack) is sent as one call and comes back as one output row.
 Rows that already carry an error (the file could not be read or decoded, or does not fit the budget) are
 written as they are, without a call.
 
-A replica that dies takes the batches it held with it. Such a batch is sent again (a live replica takes
-it); one that keeps failing is split and each request tried alone, so the one item that kills engines is
-isolated and written as an error row (quarantined) instead of killing engine after engine.
+Dispatch is per request, not per batch: an actor keeps `resources.requests_in_flight` requests at the engines,
+drawn from all the batches it holds, and sends the next one the moment any is answered. Serve routes each call
+to a replica on its own. So one long reasoning holds one engine sequence, not the places of its batch: Ray Data
+hands an actor twice as many rows as it has room for (`batches_held`), and the rows of other batches fill the
+room while a batch waits on its longest request.
+
+A replica that dies takes the requests it held with it. Each is sent again (a live replica takes it); one that
+fails every attempt is written as an error row (quarantined) instead of killing engine after engine.
 """
 
 from __future__ import annotations
@@ -39,7 +44,29 @@ BACKOFF = Backoff(first_s=4.0)
 
 
 class Quarantined(Exception):
-    """The request failed every attempt, alone, each time with its replica or engine failing."""
+    """The request failed every attempt, each time with its replica or engine failing."""
+
+
+def batches_held(requests_in_flight: int, batch_size: int) -> int:
+    """Batches an actor holds at once: rows for twice its requests in flight, so that batches waiting on one
+    long request each leave enough rows in the others to keep the room full."""
+    return max(1, -(-2 * requests_in_flight // batch_size))
+
+
+def answering(items: Any, resources: Any, handle: Any, tasks: list[dict[str, Any]], model: str, run_id: str,
+              **kwargs: Any) -> Any:
+    """`items` (a Dataset of request rows) answered by a pool of Infer actors: a lazy Dataset of output rows.
+    `resources` is the run's ResourcesConfig; `kwargs` go to Infer (`skip`, `progress`)."""
+    import ray
+
+    r = resources
+    return items.map_batches(
+        Infer, batch_format="pyarrow", batch_size=r.batch_size, num_cpus=r.infer_cpus,
+        compute=ray.data.ActorPoolStrategy(
+            size=r.infer_actors, max_tasks_in_flight_per_actor=batches_held(r.requests_in_flight, r.batch_size)),
+        fn_constructor_kwargs={"handle": handle, "tasks": tasks, "model": model, "run_id": run_id,
+                               "requests_in_flight": r.requests_in_flight, "attempts": r.attempts, **kwargs},
+    )
 
 
 def request_id(item_id: str, segment_index: int | None, part: int | None, task: str) -> str:
@@ -67,7 +94,7 @@ class Infer:
     output rows out, one per request.
 
     `handle` is the Serve app's deployment handle, handed in by whoever opened the app (pipeline.run gets it
-    from jobs/transcribe.py); each batch's requests go to its `generate`.
+    from jobs/transcribe.py); each request goes to its `generate_one`, at most `requests_in_flight` at once.
 
     `skip` holds the rows the output already has (`pipeline.answered.row_key`) of files it holds only part of
     (a resumed run); those are not asked again.
@@ -76,8 +103,11 @@ class Infer:
     """
 
     def __init__(self, *, handle: Any, tasks: list[dict[str, Any]], model: str, run_id: str,
-                 skip: set[bytes] = frozenset(), attempts: int = 3, progress: Any = None):
+                 skip: set[bytes] = frozenset(), requests_in_flight: int = 16, attempts: int = 3,
+                 progress: Any = None):
         self.handle = handle
+        self.requests_in_flight = requests_in_flight
+        self._room: asyncio.Semaphore | None = None  # made on the loop Ray Data runs the batches on
         self.tasks = {t.name: t for t in (TaskConfig.model_validate(t) for t in tasks)}
         self.schemas = {name: t.answer_schema for name, t in self.tasks.items()}
         self.common = {"model": model, "run_id": run_id}
@@ -111,8 +141,7 @@ class Infer:
                 recording=item["scope"] == "recording", answer_schema=self.schemas[task.name],
             ))
         if requests:
-            with self.metrics.calling(len(requests)):
-                results = await self._generate(requests)
+            results = await asyncio.gather(*(self._answer(r) for r in requests))
             for row, result in zip(waiting, results, strict=True):
                 row.update(_result_columns(result, row["start_s"]))
                 rows.append(row)
@@ -125,18 +154,21 @@ class Infer:
             self.progress.add.remote([report(*r) for r in reports])
         return out
 
-    async def _generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+    async def _answer(self, request: GenerationRequest) -> GenerationResult:
+        """The request's result, once there is room for it among the actor's requests in flight."""
         def log(n: int, error: BaseException, pause: float) -> None:
-            logger.warning("batch of %d failed (attempt %d of %d): %s", len(requests), n, self.attempts,
+            logger.warning("request %s failed (attempt %d of %d): %s", request.request_id, n, self.attempts,
                            summary(str(error).splitlines()[0] if str(error) else type(error).__name__))
 
-        try:
-            return await retry(lambda: self.handle.generate.remote(requests), tries=self.attempts, backoff=BACKOFF,
-                               retry_on=ENGINE_FAILURES, on_retry=log)
-        except ENGINE_FAILURES as failure:
-            if len(requests) > 1:
-                return [r for parts in await asyncio.gather(*(self._generate([r]) for r in requests)) for r in parts]
-            last = summary((str(failure) or "-").splitlines()[0])
-            quarantined = Quarantined(f"failed {self.attempts} times alone, each time losing its replica or "
-                                      f"engine; last: {type(failure).__name__}: {last}")
-            return [GenerationResult.failure(requests[0].request_id, quarantined, retryable=False)]
+        if self._room is None:
+            self._room = asyncio.Semaphore(self.requests_in_flight)
+        async with self._room:
+            with self.metrics.calling():
+                try:
+                    return await retry(lambda: self.handle.generate_one.remote(request), tries=self.attempts,
+                                       backoff=BACKOFF, retry_on=ENGINE_FAILURES, on_retry=log)
+                except ENGINE_FAILURES as failure:
+                    last = summary((str(failure) or "-").splitlines()[0])
+                    quarantined = Quarantined(f"failed {self.attempts} times, each time losing its replica or "
+                                              f"engine; last: {type(failure).__name__}: {last}")
+                    return GenerationResult.failure(request.request_id, quarantined, retryable=False)

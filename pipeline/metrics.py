@@ -18,8 +18,8 @@ is scraped as `ray_audio_pipeline_requests_total`. Ray adds its own labels (`Wor
   `decode` or `infer`.
 - `ray_audio_pipeline_request_latency_seconds` (histogram; model, task): time in the engine per request (the
   `latency_s` column).
-- `ray_audio_pipeline_batch_latency_seconds` (histogram; model): one call to the Serve app, queueing and
-  retries included.
+- `ray_audio_pipeline_call_latency_seconds` (histogram; model): one request's call to the Serve app, waits
+  in Serve's router and retries included.
 - `ray_audio_pipeline_requests_in_flight` (gauge; model): requests an inference actor has sent to the Serve
   app and not had answered yet.
 """
@@ -72,26 +72,26 @@ class PipelineMetrics:
                               description="Error rows by stage and error class.")
         self.request_latency = Histogram("audio_pipeline_request_latency_seconds", boundaries=LATENCY_BOUNDARIES,
                                          tag_keys=tasks, description="Time in the engine per request.")
-        self.batch_latency = Histogram(
-            "audio_pipeline_batch_latency_seconds", boundaries=LATENCY_BOUNDARIES, tag_keys=("model",),
-            description="One call to the Serve app, queueing and retries included.")
+        self.call_latency = Histogram(
+            "audio_pipeline_call_latency_seconds", boundaries=LATENCY_BOUNDARIES, tag_keys=("model",),
+            description="One request's call to the Serve app, router waits and retries included.")
         self.in_flight = Gauge("audio_pipeline_requests_in_flight", tag_keys=("model",),
                                description="Requests sent to the Serve app and not answered yet (this actor).")
         self._in_flight = 0
 
     @contextmanager
-    def calling(self, requests: int) -> Iterator[None]:
-        """Around one call to the Serve app: requests in flight while it lasts, and its latency."""
+    def calling(self) -> Iterator[None]:
+        """Around one request's call to the Serve app: in flight while it lasts, and its latency."""
         tags = {"model": self.model}
-        self._in_flight += requests
+        self._in_flight += 1
         self.in_flight.set(self._in_flight, tags=tags)
         start = time.perf_counter()
         try:
             yield
         finally:
-            self._in_flight -= requests
+            self._in_flight -= 1
             self.in_flight.set(self._in_flight, tags=tags)
-            self.batch_latency.observe(time.perf_counter() - start, tags=tags)
+            self.call_latency.observe(time.perf_counter() - start, tags=tags)
 
     def record(self, rows: pa.Table) -> None:
         """Everything countable in one batch's output rows (OUTPUT_SCHEMA)."""

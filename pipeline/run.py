@@ -27,7 +27,7 @@ from contract.config import Config, ConfigError
 from contract.messages import ModelInfo
 from pipeline.answered import Answered, scan
 from pipeline.combine import combining
-from pipeline.infer import Infer
+from pipeline.infer import answering
 from pipeline.lease import LeaseLost, OutputLease
 from pipeline.manifest import read_manifest
 from pipeline.output import audio_seconds, read_output
@@ -119,14 +119,8 @@ def build_dataset(config: Config, plan: Plan, answered: Answered, info: ModelInf
                    "storage": storage, "tasks": [t.model_dump() for t in config.tasks], "info": info,
                    "handle": handle, **sharded},
     )
-    return items.map_batches(
-        Infer, batch_format="pyarrow", batch_size=r.batch_size, num_cpus=r.infer_cpus,
-        compute=ray.data.ActorPoolStrategy(size=r.infer_actors,
-                                           max_tasks_in_flight_per_actor=r.max_concurrent_batches),
-        fn_constructor_kwargs={"handle": handle, "tasks": [t.model_dump() for t in config.tasks], "model": info.model_name,
-                               "run_id": run_id, "skip": answered.partial, "attempts": r.attempts,
-                               "progress": progress},
-    )
+    return answering(items, r, handle, [t.model_dump() for t in config.tasks], info.model_name, run_id,
+                     skip=answered.partial, progress=progress)
 
 
 def plan_dataset(config: Config, plan: Plan) -> ray.data.Dataset:

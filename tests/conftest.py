@@ -7,6 +7,7 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,6 +138,21 @@ def step_audio_probe(tiny_step_audio, tmp_path_factory) -> dict:
     return json.loads(out.read_text())
 
 
+def request_rows(*ids: str, task: str = "t", audio: np.ndarray | None = None):
+    """Request rows (pipeline.rows.REQUEST_SCHEMA) as pipeline.pack makes them, one per item id, each asking
+    `task` about `audio` (default: 0.1 s of silence) as an item of its own."""
+    import pyarrow as pa
+
+    from pipeline.rows import REQUEST_SCHEMA
+
+    samples = (np.zeros(1600, np.float32) if audio is None else audio).astype(np.float32).tobytes()
+    seconds = len(samples) / 4 / 16000
+    return pa.Table.from_pylist([{"item_id": i, "source_uri": f"/{i}.wav", "segment_index": 0, "segment_count": 1,
+                                  "start_s": 0.0, "end_s": seconds, "audio": [samples], "task": task, "prompt": "q",
+                                  "question": "q", "scope": "item", "request_index": 0, "request_count": 1,
+                                  "recording_s": seconds} for i in ids], schema=REQUEST_SCHEMA)
+
+
 def serve_http_url() -> str:
     """Serve's HTTP address in this Ray session: started on a free loopback port unless Serve already runs
     (port 8000 may belong to someone else on a shared machine)."""
@@ -176,7 +192,6 @@ def official_step_audio_r1(messages: list[dict], *, add_generation_prompt: bool)
 
 def tone(seconds: float, freq: float = 220.0, seed: int = 0):
     """A quiet tone plus noise at 16 kHz: something for an audio encoder to chew on, different per seed."""
-    import numpy as np
 
     t = np.arange(int(round(seconds * 16000))) / 16000
     noise = np.random.default_rng(seed).standard_normal(len(t)) * 0.01
@@ -196,7 +211,6 @@ def samples_in(folder: Path, *names: str) -> Path:
 def joined_samples(path: Path, times: int = 3, gap_s: float = 0.5) -> str:
     """Writes the sample clips joined into one WAV at `path` (the set `times` over, `gap_s` of silence between
     clips: about 3.5 minutes of real speech for times=3) and returns its transcript."""
-    import numpy as np
     import soundfile
 
     from contract.audio import decode

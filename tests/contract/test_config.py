@@ -33,6 +33,8 @@ def test_overrides_are_yaml_typed():
     ("input:\n  uri: x\n  extention: [wav]\n", "input.extention: unknown field"),
     ("resources:\n  batch_size: many\n", "resources.batch_size: Input should be a valid integer"),
     ("resources:\n  batch_size: 0\n", "resources.batch_size: Input should be greater than or equal to 1"),
+    ("resources:\n  max_concurrent_batches: 4\n", "resources: Value error, max_concurrent_batches is gone: requests "
+     "are sent one by one now; set resources.requests_in_flight"),
     ("engine:\n  kind: tensorrt\n", "engine.kind: Input should be 'whisper', 'vllm' or 'openai'"),
     ("engine:\n  family: gpt\n", "engine: Value error, family 'gpt' is not one of"),
     ("tasks: []\n", "tasks: List should have at least 1 item"),

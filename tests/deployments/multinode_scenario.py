@@ -52,13 +52,13 @@ def overrides(input_dir: str, output_dir: str) -> list[str]:
         # One replica to start, a second as soon as the handle reports more than one call in flight.
         "deployment.autoscaling={min_replicas: 1, max_replicas: 2, target_ongoing_requests: 1,"
         " upscale_delay_s: 0, downscale_delay_s: 600}",
-        # One caller actor keeping 4 small calls in flight: 4 ongoing requests against a target of 1. Decoding in
+        # One caller actor keeping 4 requests in flight: 4 ongoing requests against a target of 1. Decoding in
         # few large tasks keeps decoded items waiting for it even on a loaded machine: with many small tasks
         # the decode stage can become the bottleneck, the replica never has more than one call, and Serve,
         # rightly, does not scale.
         "resources.files_per_task=12",
         "resources.infer_actors=1",
-        "resources.max_concurrent_batches=4",
+        "resources.requests_in_flight=4",
         "resources.batch_size=2",
     ]
 
@@ -274,7 +274,7 @@ def node_loss_main(input_dir: str, output_dir: str) -> dict:
         config = load_config(ROOT / "configs" / "local.yaml", [
             f"input.uri={input_dir}", f"output.uri={output_dir}", f"deployment.app_name={LOSS_APP}",
             f"deployment.gpus_per_replica={TP}", "deployment.num_replicas=1", "output.rows_per_file=1",
-            "resources.files_per_task=1", "resources.batch_size=1", "resources.max_concurrent_batches=2",
+            "resources.files_per_task=1", "resources.batch_size=1", "resources.requests_in_flight=2",
             "resources.infer_actors=2"])
         lost: dict = {}
 

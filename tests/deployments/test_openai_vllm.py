@@ -60,7 +60,7 @@ def by_handle(vllm_app, audio, question, *, system=None, prefill="think", **samp
     handle, _ = vllm_app
     request = GenerationRequest("h", [audio], question, system=system, prefill=prefill,
                                 sampling=SamplingConfig(**{"temperature": 0.0, "seed": 0, **sampling}))
-    (result,) = handle.generate.remote([request]).result(timeout_s=TIMEOUT_S)
+    result = handle.generate_one.remote(request).result(timeout_s=TIMEOUT_S)
     assert result.error_class is None, result.error
     return result
 

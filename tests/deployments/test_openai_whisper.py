@@ -207,9 +207,9 @@ def test_openai_client_errors(base):
         openai.OpenAI(base_url=f"{base}/v1", api_key="sk-wrong", max_retries=0).models.list()
 
 
-def test_the_handle_still_answers_batches(whisper_app, transcripts):
+def test_the_handle_still_answers_the_pipeline(whisper_app, transcripts):
     handle, _ = whisper_app
     clip = decode((SAMPLES / "weather.flac").read_bytes())
-    (result,) = handle.generate.remote([GenerationRequest("r", [clip], "Transcribe.")]).result(timeout_s=120)
+    result = handle.generate_one.remote(GenerationRequest("r", [clip], "Transcribe.")).result(timeout_s=120)
     assert result.error_class is None
     assert word_error_rate(transcripts["weather.flac"], result.answer) <= 0.3

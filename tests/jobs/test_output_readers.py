@@ -23,7 +23,7 @@ from tests.conftest import ROOT, SAMPLES
 STREAMED_PLAN_JOB = ("import sys; import pipeline.plan; pipeline.plan.CHUNK = 2; "
                      "from jobs.transcribe import main; sys.exit(main(sys.argv[1:]))")
 ONE_AT_A_TIME = ["output.rows_per_file=1", "resources.files_per_task=1", "resources.batch_size=1",
-                 "resources.max_concurrent_batches=1"]
+                 "resources.requests_in_flight=1"]
 
 
 def test_readers_see_only_answers_after_a_killed_run(tmp_path):

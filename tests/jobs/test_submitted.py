@@ -99,7 +99,7 @@ def test_stopped_job_leaves_no_app_and_a_resubmitted_job_answers_every_key_once(
             f"deployment.owner_check_s={OWNER_CHECK_S}", "output.lease_stale_s=10",
             # One row per file, one file per call, one call at a time: rows appear one by one.
             "output.rows_per_file=1", "resources.files_per_task=1", "resources.batch_size=1",
-            "resources.max_concurrent_batches=1"]
+            "resources.requests_in_flight=1"]
     job = "stopped-1"
     cli(RAY, "job", "submit", "--address", head["address"], "--submission-id", job, "--no-wait", "--",
         *entrypoint(*sets), env=head["env"])

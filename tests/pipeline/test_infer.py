@@ -6,8 +6,6 @@ for the Serve handle; everything else is the real stage. Killing real replicas i
 
 import asyncio
 
-import numpy as np
-import pyarrow as pa
 import pytest
 from ray.exceptions import ActorDiedError
 
@@ -16,23 +14,23 @@ from contract.messages import GenerationResult
 from contract.retry import Backoff
 from pipeline.answered import row_key
 from pipeline.infer import Infer
-from pipeline.rows import REQUEST_SCHEMA
+from tests.conftest import request_rows
 
 
 class HandleWhoseReplicaDiesOnPoison:
-    """Mock of a DeploymentHandle: a batch holding a 'poison' item loses its replica (ActorDiedError)."""
+    """Mock of a DeploymentHandle: a request for a 'poison' item loses its replica (ActorDiedError)."""
 
     def __init__(self):
         self.calls = []
-        self.generate = self
+        self.generate_one = self
 
-    def remote(self, requests):
-        self.calls.append([r.request_id for r in requests])
+    def remote(self, request):
+        self.calls.append(request.request_id)
 
         async def answer():
-            if any("poison" in r.request_id for r in requests):
+            if "poison" in request.request_id:
                 raise ActorDiedError()
-            return [GenerationResult(r.request_id, answer="ok", finish_reason="stop") for r in requests]
+            return GenerationResult(request.request_id, answer="ok", finish_reason="stop")
 
         return answer()
 
@@ -43,15 +41,6 @@ def stage(**kwargs) -> Infer:
                  run_id="r", attempts=2, **kwargs)
 
 
-def items(*ids) -> pa.Table:
-    audio = np.zeros(1600, np.float32).tobytes()
-    return pa.Table.from_pylist([{"item_id": i, "source_uri": f"/{i}.wav", "segment_index": 0, "segment_count": 1,
-                                  "start_s": 0.0, "end_s": 0.1, "audio": [audio], "task": "t", "prompt": "q",
-                                  "question": "q", "scope": "item", "request_index": 0, "request_count": 1,
-                                  "recording_s": 0.1} for i in ids],
-                                schema=REQUEST_SCHEMA)
-
-
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
     monkeypatch.setattr(pipeline.infer, "BACKOFF", Backoff(first_s=0.0))
@@ -59,19 +48,19 @@ def no_backoff(monkeypatch):
 
 def test_poison_item_is_quarantined_and_the_rest_answered():
     infer = stage()
-    out = asyncio.run(infer(items("a", "poison", "c"))).to_pylist()
+    out = asyncio.run(infer(request_rows("a", "poison", "c"))).to_pylist()
     by_id = {r["item_id"]: r for r in out}
     assert len(out) == 3
     assert by_id["a"]["answer"] == by_id["c"]["answer"] == "ok"
     poison = by_id["poison"]
     assert poison["error_class"] == "Quarantined" and poison["error_stage"] == "infer"
     assert poison["retryable"] is False and "ActorDiedError" in poison["error"]
-    # Bounded: the batch twice, then each item alone (the poison twice): 2 + 2 + 1 + 1 calls.
-    assert len(infer.handle.calls) == 6
+    # Bounded: each request on its own, the poison twice (attempts=2).
+    assert sorted(infer.handle.calls) == ["a/0/t", "c/0/t", "poison/0/t", "poison/0/t"]
 
 
 def test_rows_already_written_are_not_asked_again():
     infer = stage(skip={row_key("a", 0, None, "t", "q")})
-    out = asyncio.run(infer(items("a", "b"))).to_pylist()
+    out = asyncio.run(infer(request_rows("a", "b"))).to_pylist()
     assert [r["item_id"] for r in out] == ["b"]
-    assert infer.handle.calls == [["b/0/t"]]
+    assert infer.handle.calls == ["b/0/t"]

@@ -126,7 +126,7 @@ def test_second_run_on_a_busy_output_stops_before_any_work_and_no_key_is_doubled
     uri, storage = output
     inputs = samples_in(tmp_path / "in", "greeting.wav", "story.ogg", "note.m4a")
     sets = [f"input.uri={inputs}", f"output.uri={uri}", *whisper_app, "output.rows_per_file=1",
-            "resources.files_per_task=1", "resources.batch_size=1", "resources.max_concurrent_batches=1"]
+            "resources.files_per_task=1", "resources.batch_size=1", "resources.requests_in_flight=1"]
     if storage:
         sets.append(f"storage.endpoint_url={storage['endpoint_url']}")
     config = load_config(None, sets)

@@ -52,7 +52,7 @@ def test_pipeline_metrics_count_what_the_run_wrote(whisper_app, tmp_path):
     # can lose them, which a real run's long-lived actors do not meet.
     task = "metrics-probe"
     config = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app,
-                                "resources.batch_size=1", "resources.max_concurrent_batches=1",
+                                "resources.batch_size=1", "resources.requests_in_flight=1",
                                 f"tasks=[{{name: {task}, question: Please transcribe the audio.}}]"])
     run(config, serving)
     rows = pads.dataset(str(out)).to_table().to_pylist()
@@ -73,7 +73,7 @@ def test_pipeline_metrics_count_what_the_run_wrote(whisper_app, tmp_path):
         total(samples, "ray_audio_pipeline_errors_total", **ours, stage="decode", error_class="DecodeError") == 1
     assert total(samples, "ray_audio_pipeline_audio_seconds_total", **ours, model="whisper-tiny.en") == \
         pytest.approx(sum(r["duration_s"] for r in answered), abs=0.01)
-    assert total(samples, "ray_audio_pipeline_batch_latency_seconds_count", **ours) == len(answered)
+    assert total(samples, "ray_audio_pipeline_call_latency_seconds_count", **ours) == len(answered)
     assert "ray_audio_pipeline_requests_in_flight" in samples
 
 

@@ -140,7 +140,7 @@ def run_job(inputs: Path, out: Path, log: Path) -> subprocess.Popen:
     """The job, one row at a time (one file per call, one call in flight, one row per Parquet file): rows appear
     one by one, so the test can stop it with work done and work left."""
     one_at_a_time = ["output.rows_per_file=1", "resources.files_per_task=1", "resources.batch_size=1",
-                     "resources.max_concurrent_batches=1"]
+                     "resources.requests_in_flight=1"]
     args = [f"input.uri={inputs}", f"output.uri={out}", *one_at_a_time]
     return subprocess.Popen([sys.executable, "jobs/transcribe.py", *(a for arg in args for a in ("--set", arg))],
                             cwd=ROOT, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT)

@@ -48,7 +48,8 @@ def test_step_audio_serves_several_items_in_one_request(step_audio_app, tiny_ste
                                   system="You are an expert audio analyst.", prefill="think",
                                   sampling=SamplingConfig(temperature=1.0, seed=s, max_tokens=400))
                 for s in range(8)]
-    results = handle.generate.remote(requests).result(timeout_s=TIMEOUT_S)
+    calls = [handle.generate_one.remote(r) for r in requests]
+    results = [c.result(timeout_s=TIMEOUT_S) for c in calls]
     prompt = STEP.render_prompt(system="You are an expert audio analyst.", question="What happens here?",
                                 num_audio=3)
     for r in results:
@@ -78,7 +79,7 @@ def test_step_audio_engine_rejects_what_the_model_cannot_take(step_audio_app):
                                  sampling=SamplingConfig(max_tokens=4))
     four = GenerationRequest(request_id="four", audio=[tone(1.0)] * 4, question="?",
                              sampling=SamplingConfig(max_tokens=4))
-    results = {r.request_id: r for r in handle.generate.remote([too_long, four]).result(timeout_s=TIMEOUT_S)}
+    results = {r.request_id: handle.generate_one.remote(r).result(timeout_s=TIMEOUT_S) for r in (too_long, four)}
     # The pipeline's limit (25 s, the reference client's) is checked by the engine before vLLM sees the item;
     # the plugin's own 29.98 s limit is tested in test_step_audio_plugin.py.
     assert results["long"].error_class == "RequestRejected" and "29.00 s" in results["long"].error
