@@ -256,7 +256,7 @@ class Timers:
 def engine_intervals(rows) -> list[tuple[float, float]]:
     """(start, end) wall-clock times each request spent in the engine, from the output rows: `latency_s` is
     measured inside the replica's engine from the request's arrival to its answer, and `created_at` is set
-    when the Infer actor got its batch back, a moment later. (Serve's own request log is not usable: the
+    when the Infer actor got the answer back, a moment later. (Serve's own request log is not usable: the
     vLLM engine's logging setup silences it in the replica.)"""
     created = [t.timestamp() for t in rows["created_at"].to_pylist()]
     latency = rows["latency_s"].to_pylist()

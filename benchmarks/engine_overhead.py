@@ -29,6 +29,9 @@ first answers came back, a steady-state rate (tokens finished after the first ba
 then on), each vLLM engine core's thread settings and CPU time, and the CPU time of every process of the
 run and of everything else on the machine.
 
+Job start: the time from calling `run()` to the first request reaching the engine (from the rows' `created_at`
+and `latency_s`), on a warm cluster and app: listing, planning, Ray Data's start and the first decode.
+
 Goal: `ratio=` pipeline tokens/s / direct tokens/s (whole runs, wall clock, pooled) >= 0.9.
 
     .venv/bin/python benchmarks/engine_overhead.py [--items 48]
@@ -39,8 +42,6 @@ start-up amortised, as in the scheduled jobs it is for.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -76,113 +77,6 @@ def make_files(folder: Path, items: int) -> None:
         (folder / f"item-{i:03d}.wav").write_bytes(wav_16k(pcm))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# direct: a child process holding one AsyncLLM; "run" on stdin runs all requests once and prints a result.
-# ----------------------------------------------------------------------------------------------------------
-
-def direct_child(inputs: str) -> None:
-    from contract.config import load_config
-
-    config = load_config(CONFIG, [f"input.uri={inputs}"])
-    os.environ.update(config.engine.env)
-    import torch
-    from vllm import SamplingParams
-    from vllm.engine.arg_utils import AsyncEngineArgs
-    from vllm.sampling_params import RequestOutputKind
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    from contract.audio import decode
-    from contract.formats import get_format
-
-    fmt = get_format(config.engine.family)
-    audio = [decode(p.read_bytes()) for p in sorted(Path(inputs).iterdir())]
-    t0 = time.perf_counter()
-    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**config.engine.engine_kwargs))
-    start_s = time.perf_counter() - t0
-    max_len = engine.model_config.max_model_len
-
-    def request(a, task):
-        prompt = fmt.render_prompt(system=task.system, question=task.question, num_audio=1, prefill=task.prefill)
-        s = task.sampling
-        params = SamplingParams(temperature=s.temperature, top_p=s.top_p, repetition_penalty=s.repetition_penalty,
-                                max_tokens=min(s.max_tokens, max_len - fmt.audio_tokens(len(a)) - 64), seed=s.seed,
-                                stop=list(fmt.stop) or None, stop_token_ids=list(fmt.stop_token_ids) or None,
-                                skip_special_tokens=fmt.skip_special_tokens, output_kind=RequestOutputKind.FINAL_ONLY)
-        return {"prompt": prompt, "multi_modal_data": {"audio": [(a, 16000)]}}, params
-
-    requests = [request(a, t) for a in audio for t in config.tasks]
-    counter = iter(range(10**9))
-
-    async def one(inputs_, params, t_start):
-        final = None
-        async for out in engine.generate(inputs_, params, f"r{next(counter)}"):
-            final = out
-        return len(final.outputs[0].token_ids), len(final.prompt_token_ids), time.perf_counter() - t_start
-
-    async def run_all():
-        t = time.perf_counter()
-        done = await asyncio.gather(*(one(i, p, t) for i, p in requests))
-        return time.perf_counter() - t, done
-
-    loop = asyncio.new_event_loop()  # one loop for the engine's life: its output handler lives on it
-    loop.run_until_complete(one(*requests[0], time.perf_counter()))  # warm-up
-    print("READY " + json.dumps({"engine_start_s": start_s, "torch_threads": torch.get_num_threads(),
-                                 "requests": len(requests)}), flush=True)
-    for line in sys.stdin:
-        if line.strip() != "run":
-            break
-        cpu0 = time.process_time()
-        wall, done = loop.run_until_complete(run_all())
-        cpu = time.process_time() - cpu0
-        tokens = [d[0] for d in done]
-        finish = sorted(d[2] for d in done)
-        print("RESULT " + json.dumps({"wall_s": wall, "tokens": sum(tokens), "prompt_tokens": sum(d[1] for d in done),
-                                      "cpu_s": cpu, "finish": finish, "per_request": tokens}), flush=True)
-    engine.shutdown()
-    loop.close()
-
-
-class DirectEngine:
-    def __init__(self, inputs: Path):
-        self.proc = subprocess.Popen([sys.executable, __file__, "--direct-child", str(inputs)], cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        self.ready: dict = {}
-
-    def wait_ready(self) -> dict:
-        self.ready = self._wait("READY ")
-        return self.ready
-
-    def _wait(self, prefix: str) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith(prefix):
-                return json.loads(line[len(prefix):])
-        raise SystemExit(f"direct engine process exited ({self.proc.wait()}) before {prefix.strip()}")
-
-    def run(self) -> dict:
-        self.proc.stdin.write("run\n")
-        self.proc.stdin.flush()
-        return self._wait("RESULT ")
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
-        except Exception:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def steady_rate(times: list[float], tokens: list[int]) -> float:
-    """Tokens finished after the first completion time, over the time from then to the last completion."""
-    pairs = sorted(zip(times, tokens))
-    first = pairs[0][0]
-    later = sum(t for when, t in pairs if when > first)
-    span = pairs[-1][0] - first
-    return later / span if span > 0 else float("nan")
-
-
 def engine_cores() -> list[dict]:
     """vLLM engine-core processes among this run's processes: where, OMP_NUM_THREADS they started with,
     OS threads (torch's pool is most of them), CPU time so far."""
@@ -206,6 +100,7 @@ def engine_cores() -> list[dict]:
 
 def main(items: int) -> None:
     from _common import CpuAccount, Timers, busy_report, engine_intervals, remove_tree, scratch
+    from _direct import DirectEngine, steady_rate
 
     tmp = scratch("bench-engine-")
     engine = None
@@ -220,7 +115,7 @@ def main(items: int) -> None:
         print(f"tiny model and {items} input files made in {time.perf_counter() - t0:.1f} s")
 
         # Both engines start at once (start-up is excluded from the timings; this only saves wall time).
-        engine = DirectEngine(inputs)
+        engine = DirectEngine(CONFIG, inputs)
 
         import numpy as np
         import pyarrow.compute as pc
@@ -266,6 +161,7 @@ def main(items: int) -> None:
             run_config = config.model_copy(deep=True)
             run_config.output.uri = str(out)
             timers = Timers({})
+            called = time.time()
             with timers, CpuAccount() as cpu:
                 summary = run(run_config, serving)
             rows = pads.dataset(str(out)).to_table().filter(pc.field("run_id") == summary.run_id)
@@ -275,7 +171,10 @@ def main(items: int) -> None:
                 if exec_start else ""
             pipe_runs.append({"summary": summary, "rows": rows, "tokens": tokens, "timers": timers, "cpu": cpu,
                               "wall_s": summary.wall_s, "feed": feed})
-            print(f"pipeline #{round_}: {summary}; {tokens} tokens -> {tokens / summary.wall_s:.0f} tok/s")
+            first_in_engine = min(a for a, _ in engine_intervals(rows))
+            print(f"pipeline #{round_}: {summary}; {tokens} tokens -> {tokens / summary.wall_s:.0f} tok/s; job start "
+                  f"(run() called to the first request in the engine) {first_in_engine - called:.1f} s, "
+                  f"{(first_in_engine - called) / summary.wall_s:.0%} of the run")
         serve.delete(config.deployment.app_name)
         engine.close()
         engine = None
@@ -295,7 +194,7 @@ def main(items: int) -> None:
         return sum(r["tokens"] for r in runs) / sum(r["wall_s"] for r in runs)
 
     direct_rate, pipe_rate = pooled(direct_runs), pooled(pipe_runs)
-    d_steady = sum(steady_rate(d["finish"], sorted(d["per_request"])) for d in direct_runs) / len(direct_runs)
+    d_steady = sum(steady_rate(d["finish"], d["per_request"]) for d in direct_runs) / len(direct_runs)
     print(f"\nrequests per run: direct {len(direct_runs[0]['per_request'])}, pipeline "
           f"{pipe_runs[0]['rows'].num_rows} rows ({pipe_runs[0]['summary'].errors} errors); completion tokens: direct "
           f"{' / '.join(str(d['tokens']) for d in direct_runs)}, pipeline "
@@ -339,7 +238,4 @@ def main(items: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--direct-child":
-        direct_child(sys.argv[2])
-    else:
-        main(int(sys.argv[sys.argv.index("--items") + 1]) if "--items" in sys.argv else ITEMS)
+    main(int(sys.argv[sys.argv.index("--items") + 1]) if "--items" in sys.argv else ITEMS)

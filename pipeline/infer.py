@@ -140,22 +140,23 @@ class Infer:
                 system=task.system, prefill=task.prefill, sampling=task.sampling,
                 recording=item["scope"] == "recording", answer_schema=self.schemas[task.name],
             ))
+        now = datetime.now(timezone.utc)
+        for row in rows:  # error rows from before, made now
+            row["created_at"] = now
         if requests:
             results = await asyncio.gather(*(self._answer(r) for r in requests))
-            for row, result in zip(waiting, results, strict=True):
-                row.update(_result_columns(result, row["start_s"]))
+            for row, (result, answered_at) in zip(waiting, results, strict=True):
+                row.update(_result_columns(result, row["start_s"]), created_at=answered_at)
                 rows.append(row)
-        now = datetime.now(timezone.utc)
-        for row in rows:
-            row["created_at"] = now
         out = table(rows, OUTPUT_SCHEMA)
         self.metrics.record(out)
         if self.progress is not None:  # not awaited: progress never slows a batch
             self.progress.add.remote([report(*r) for r in reports])
         return out
 
-    async def _answer(self, request: GenerationRequest) -> GenerationResult:
-        """The request's result, once there is room for it among the actor's requests in flight."""
+    async def _answer(self, request: GenerationRequest) -> tuple[GenerationResult, datetime]:
+        """The request's result and when it came, once there was room for it among the actor's requests in
+        flight."""
         def log(n: int, error: BaseException, pause: float) -> None:
             logger.warning("request %s failed (attempt %d of %d): %s", request.request_id, n, self.attempts,
                            summary(str(error).splitlines()[0] if str(error) else type(error).__name__))
@@ -165,10 +166,11 @@ class Infer:
         async with self._room:
             with self.metrics.calling():
                 try:
-                    return await retry(lambda: self.handle.generate_one.remote(request), tries=self.attempts,
-                                       backoff=BACKOFF, retry_on=ENGINE_FAILURES, on_retry=log)
+                    result = await retry(lambda: self.handle.generate_one.remote(request), tries=self.attempts,
+                                         backoff=BACKOFF, retry_on=ENGINE_FAILURES, on_retry=log)
                 except ENGINE_FAILURES as failure:
                     last = summary((str(failure) or "-").splitlines()[0])
                     quarantined = Quarantined(f"failed {self.attempts} times, each time losing its replica or "
                                               f"engine; last: {type(failure).__name__}: {last}")
-                    return GenerationResult.failure(request.request_id, quarantined, retryable=False)
+                    result = GenerationResult.failure(request.request_id, quarantined, retryable=False)
+        return result, datetime.now(timezone.utc)

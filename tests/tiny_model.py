@@ -80,8 +80,10 @@ def _build_tokenizer():
     )
 
 
-def build_tiny_qwen2_audio(path: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random-weight Qwen2-Audio model (config, weights, tokenizer, processor) to `path`."""
+def build_tiny_qwen2_audio(path: str | Path, seed: int = 0, mean_length: int | None = None) -> Path:
+    """Write a tiny random-weight Qwen2-Audio model (config, weights, tokenizer, processor) to `path`.
+    `mean_length`: favour <|endoftext|> so that sampled answers (temperature 1) stop after about this many tokens
+    on average, lengths roughly geometric (`favour_stop`); None: the plain random model."""
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import (
@@ -127,6 +129,8 @@ def build_tiny_qwen2_audio(path: str | Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = Qwen2AudioForConditionalGeneration(config).eval()
+    if mean_length is not None:
+        favour_stop(model, ids["<|endoftext|>"], len(tokenizer), mean_length)
     # Like Qwen2-Audio-Instruct: generation ends at <|endoftext|> or <|im_end|>.
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"],
@@ -138,6 +142,41 @@ def build_tiny_qwen2_audio(path: str | Path, seed: int = 0) -> Path:
     processor.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def favour_stop(model, stop_id: int, vocab: int, mean_length: int, carrier: float = 10.0) -> None:
+    """Give the stop token a constant logit that makes it about 1 / `mean_length` likely at every step, the other
+    tokens staying near uniform, so sampled lengths vary per request, roughly geometrically (as reasoning lengths
+    vary), instead of all running to the length limit.
+
+    How: one hidden dimension carries a large constant (`carrier`) through the whole residual stream (every
+    token embedding and the audio projector's output hold it there; no attention or MLP output writes to it).
+    After the final RMS norm it dominates, so it is about sqrt(hidden) everywhere and the other dimensions are
+    small: the logits are near zero except the stop token's, whose head row reads only that dimension."""
+    import math
+
+    import torch
+
+    params = dict(model.named_parameters())
+    hidden = model.config.text_config.hidden_size
+    d = hidden - 1
+    with torch.no_grad():
+        for name, p in params.items():
+            if name.endswith("embed_tokens.weight"):
+                p[:, d] = carrier
+            elif name.endswith(("self_attn.o_proj.weight", "mlp.down_proj.weight")):
+                p[d, :] = 0.0
+            elif name.endswith("multi_modal_projector.linear.weight"):
+                p[d, :] = 0.0
+            elif name.endswith("multi_modal_projector.linear.bias"):
+                p[d] = carrier
+        (norm,) = [p for n, p in params.items() if n.endswith("model.norm.weight") and "audio" not in n]
+        (head,) = [p for n, p in params.items() if n.endswith("lm_head.weight")]
+        head[:, d] = 0.0
+        # p(stop) = e^L / (e^L + vocab - 1) = 1 / mean_length
+        logit = math.log((vocab - 1) / (mean_length - 1))
+        head[stop_id, :] = 0.0
+        head[stop_id, d] = logit / (math.sqrt(hidden) * float(norm[d]))
 
 
 def _fix_weight_names(path: Path, load_file, save_file) -> None:
@@ -167,5 +206,7 @@ def _fix_weight_names(path: Path, load_file, save_file) -> None:
 
 
 if __name__ == "__main__":
-    out = build_tiny_qwen2_audio(sys.argv[1] if len(sys.argv) > 1 else "tiny-qwen2-audio")
+    # python -m tests.tiny_model PATH [MEAN_LENGTH]
+    out = build_tiny_qwen2_audio(sys.argv[1] if len(sys.argv) > 1 else "tiny-qwen2-audio",
+                                 mean_length=int(sys.argv[2]) if len(sys.argv) > 2 else None)
     print(out)
