@@ -6,7 +6,13 @@ A request holding one item (scope `item`) is transcribed alone, greedily (DEFAUL
 `transcribe` overrides). A request holding a recording (scope `recording`: its consecutive items) is joined and
 given to faster-whisper's own long-form transcription, each 30 s window conditioned on the text before it, with
 faster-whisper's defaults (beam size 5) unless engine_kwargs `recording_transcribe` asks otherwise (e.g.
-`beam_size: 1` for speed, `vad_filter: true` to skip silence); its segments' timestamps come back with the text.
+`beam_size: 1` for speed); its segments' timestamps come back with the text.
+
+Silence: faster-whisper's voice-activity filter (Silero VAD, packaged with faster_whisper) runs first, on by
+default (engine_kwargs `vad_filter: false` turns it off): whisper given silence or faint noise writes words that
+were never said ("you", "Thank you."), indistinguishable from speech in an answer, while the filter skips
+stretches without speech. A request in which nothing is heard is answered with an empty transcript and
+finish_reason NO_SPEECH: an answer, not an error to retry.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ DEFAULT_TRANSCRIBE = {"beam_size": 1, "language": "en", "condition_on_previous_t
 # A whole recording: faster-whisper's own defaults (beam 5, conditioned on previous text, timestamps, temperature
 # fallback), as a faster-whisper user gets them; only the language is fixed (the packaged model is English-only).
 DEFAULT_RECORDING = {"language": "en"}
+NO_SPEECH = "no_speech"  # the finish_reason of a request with no speech in it: empty answer, no error
 
 
 class WhisperEngine(Engine):
@@ -35,8 +42,9 @@ class WhisperEngine(Engine):
         from faster_whisper import WhisperModel
 
         kwargs = dict(config.engine_kwargs)
-        self._transcribe_kwargs = {**DEFAULT_TRANSCRIBE, **kwargs.pop("transcribe", {})}
-        self._recording_kwargs = {**DEFAULT_RECORDING, **kwargs.pop("recording_transcribe", {})}
+        vad = {"vad_filter": kwargs.pop("vad_filter", True)}
+        self._transcribe_kwargs = {**DEFAULT_TRANSCRIBE, **vad, **kwargs.pop("transcribe", {})}
+        self._recording_kwargs = {**DEFAULT_RECORDING, **vad, **kwargs.pop("recording_transcribe", {})}
         model = kwargs.pop("model", None) or _packaged_model_path()
         kwargs = {"device": "cpu", "compute_type": "int8", "cpu_threads": 1, "num_workers": 1, **kwargs}
         self._model = WhisperModel(model, **kwargs)
@@ -63,7 +71,7 @@ class WhisperEngine(Engine):
             reasoning=parsed.reasoning,
             answer=parsed.answer,
             truncated=parsed.truncated,
-            finish_reason="stop",
+            finish_reason="stop" if text else NO_SPEECH,
             prompt_tokens=sum(self._format.audio_tokens(len(item)) for item in request.audio),
             completion_tokens=tokens,
             latency_s=time.perf_counter() - start,
