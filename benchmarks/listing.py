@@ -34,6 +34,7 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
 
     from contract.config import TaskConfig
+    from contract.formats import get_format
     from pipeline.answered import Answered
     from pipeline.plan import remove_plan, write_plan
     from pipeline.sources import list_audio
@@ -54,7 +55,7 @@ def main() -> None:
             tracemalloc.start()
             start = time.perf_counter()
             plan = write_plan(list_audio(f"s3://{bucket}/calls", ["wav"], storage=storage), Answered(), tasks,
-                              f"s3://{bucket}/out", "bench", storage)
+                              get_format("whisper"), f"s3://{bucket}/out", "bench", storage)
             seconds = time.perf_counter() - start
             _, peaks[size] = tracemalloc.get_traced_memory()
             tracemalloc.stop()

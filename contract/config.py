@@ -134,7 +134,10 @@ class SamplingConfig(Base):
 
 class TaskConfig(Base):
     name: str = Field(description="Task name, written to the `task` column.")
-    question: str = Field(description="The question asked about each audio item.")
+    question: str | None = Field(
+        None, description="The question asked about each audio item; required unless the model family answers no "
+        "questions (whisper transcribes whatever it is asked: a question there is ignored, and the job says so)."
+    )
     system: str | None = Field(None, description="System prompt (context hints go here).")
     prefill: Literal["think", "forced", "off"] = Field(
         "think", description="How the answer starts: think (model reasons), forced (`<think>\\nOkay,`), off."
@@ -329,15 +332,23 @@ class Config(Base):
     )
 
     @model_validator(mode="after")
-    def _task_names_unique(self) -> Config:
+    def _tasks_fit_the_model(self) -> Config:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"task names must be unique, got {names}")
-        if self.engine.kind == "whisper":
+        from contract.formats import get_format  # light, as in EngineConfig
+
+        family = self.engine.family
+        if get_format(family).answers_questions:
+            unasked = [f"tasks[{i}] ({t.name})" for i, t in enumerate(self.tasks) if t.question is None]
+            if unasked:
+                raise ValueError(f"{', '.join(unasked)}: question is required: model family {family} answers the "
+                                 "task's question")
+        else:
             shaped = [f"tasks[{i}] ({t.name})" for i, t in enumerate(self.tasks) if t.answer is not None]
             if shaped:
-                raise ValueError(f"{', '.join(shaped)}: answer needs an engine that answers questions; whisper "
-                                 "only transcribes (use engine.kind vllm or openai, or drop answer)")
+                raise ValueError(f"{', '.join(shaped)}: answer needs a model that answers questions; {family} only "
+                                 "transcribes (use a family such as step_audio_r1, or drop answer)")
         return self
 
 

@@ -37,6 +37,10 @@ class Answered:
         """Whether every (task, prompt) asked of the item is answered in full."""
         return all(digest(item_id, task, prompt) in self.done for task, prompt in asks)
 
+    def answered_tasks(self, item_id: str, asks: Iterable[tuple[str, str]]) -> list[str]:
+        """The tasks of `asks` (task, prompt) answered in full for the item."""
+        return [task for task, prompt in asks if digest(item_id, task, prompt) in self.done]
+
     def has(self, item_id: str, segment_index: int | None, part: int | None, task: str, prompt: str) -> bool:
         return row_key(item_id, segment_index, part, task, prompt) in self.partial
 

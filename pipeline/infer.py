@@ -1,8 +1,9 @@
 """The inference stage: async Ray Data actors that send requests to the Serve app through a handle.
 
-Each request row (built before, by pipeline.pack) is sent as one call and comes back as one output row.
-Rows that already carry an error (the file could not be read or decoded, or does not fit the budget) are
-written as they are, without a call.
+Each request row (built before, by pipeline.pack) is sent as one call and comes back as one output row for
+each task it answers (its `task`, and its `also_tasks` when the model answers no questions), less the rows the
+output has already. Rows that already carry an error (the file could not be read or decoded, or does not fit the
+budget) are written as they are, without a call.
 
 Dispatch is per request, not per batch: an actor keeps `resources.requests_in_flight` requests at the engines,
 drawn from all the batches it holds, and sends the next one the moment any is answered. Serve routes each call
@@ -121,22 +122,23 @@ class Infer:
         for item in batch.to_pylist():
             audio, question = item.pop("audio"), item.pop("question")
             progress = [item.pop(k) for k in ("request_index", "request_count", "recording_s")]
+            tasks = [item["task"], *(item.pop("also_tasks") or [])]
             start, end = item["start_s"], item["end_s"]
             item["duration_s"] = end - start if start is not None else None
-            key = row_key(item["item_id"], item["segment_index"], item["part"], item["task"], item["prompt"])
-            if key in self.skip:
-                reports.append((item["item_id"], *progress, None))
+            todo = [{**item, "task": name, **self.common} for name in tasks
+                    if row_key(item["item_id"], item["segment_index"], item["part"], name, item["prompt"])
+                    not in self.skip]
+            reports.append((item["item_id"], *progress, todo))
+            if not todo:
                 continue
-            row = {**item, **self.common}
-            reports.append((item["item_id"], *progress, row))
             if item["error_class"]:
-                rows.append(row)
+                rows.extend(todo)
                 continue
-            task = self.tasks[item["task"]]
-            waiting.append(row)
+            task = self.tasks[todo[0]["task"]]
+            waiting.append(todo)
             requests.append(GenerationRequest(
                 request_id=request_id(item["item_id"], item["segment_index"], item["part"], task.name),
-                audio=[np.frombuffer(a, dtype=np.float32) for a in audio or []], question=question,
+                audio=[np.frombuffer(a, dtype=np.float32) for a in audio or []], question=question or "",
                 system=task.system, prefill=task.prefill, sampling=task.sampling,
                 recording=item["scope"] == "recording", answer_schema=self.schemas[task.name],
             ))
@@ -145,9 +147,11 @@ class Infer:
             row["created_at"] = now
         if requests:
             results = await asyncio.gather(*(self._answer(r) for r in requests))
-            for row, (result, answered_at) in zip(waiting, results, strict=True):
-                row.update(_result_columns(result, row["start_s"]), created_at=answered_at)
-                rows.append(row)
+            for todo, (result, answered_at) in zip(waiting, results, strict=True):
+                answered = _result_columns(result, todo[0]["start_s"])
+                for row in todo:
+                    row.update(answered, created_at=answered_at)
+                rows.extend(todo)
         out = table(rows, OUTPUT_SCHEMA)
         self.metrics.record(out)
         if self.progress is not None:  # not awaited: progress never slows a batch

@@ -3,7 +3,9 @@ and item (scope item). Runs in the decode tasks, right after a file is cut, so a
 
 With scope recording, the items go into as few requests as the engine's budget takes (`contract.pack`): one
 request is the file's one answer row; several are its parts (`part`, `part_count`), later combined into one
-answer row by `pipeline.combine`. The budget is the running app's (`ModelInfo`); the prompt's text tokens are
+answer row by `pipeline.combine`. A model that answers no questions (whisper) is asked the same thing by every
+task, so the tasks of a scope share each request (`also_tasks`): the item is heard once, and each task still gets
+its row. The budget is the running app's (`ModelInfo`); the prompt's text tokens are
 asked of the app once per (system, question, prefill) in each worker process and kept.
 """
 
@@ -38,10 +40,25 @@ def text_tokens(handle: Any, task: TaskConfig) -> Callable[[int], int]:
 
 
 def chosen_tasks(tasks: list[TaskConfig], item: dict[str, Any]) -> list[TaskConfig]:
-    """What is asked of the file: as `asks`; a manifest row naming an unknown task keeps its name (the row is an
-    error already, written under that name)."""
-    return (asks(tasks, item.get("only_task"), item.get("question"))
-            or [TaskConfig(name=item["only_task"], question=item.get("question") or "", scope="item")])
+    """What is asked of the file: as `asks`, less the tasks the output answers already (the plan's
+    `answered_tasks`: the file is planned for a task added since); a manifest row naming an unknown task keeps its
+    name (the row is an error already, written under that name)."""
+    chosen = asks(tasks, item.get("only_task"), item.get("question"))
+    if not chosen:
+        return [TaskConfig(name=item["only_task"], question=item.get("question") or "", scope="item")]
+    answered = set(item.get("answered_tasks") or ())
+    return [task for task in chosen if task.name not in answered]
+
+
+def sharing(tasks: list[TaskConfig], answers_questions: bool) -> list[list[TaskConfig]]:
+    """The tasks grouped by the requests they share: each alone; for a model that answers no questions, all the
+    tasks of one scope together (they would send it the same requests)."""
+    if answers_questions:
+        return [[task] for task in tasks]
+    by_scope: dict[str, list[TaskConfig]] = {}
+    for task in tasks:
+        by_scope.setdefault(task.scope, []).append(task)
+    return list(by_scope.values())
 
 
 def _base(item: dict[str, Any]) -> dict[str, Any]:
@@ -57,10 +74,11 @@ def file_requests(items: list[dict[str, Any]], tasks: list[TaskConfig], info: Mo
     cut = first.get("segment_index") is not None
     recording_s = items[-1]["end_s"] if cut else 0.0
     rows: list[dict[str, Any]] = []
-    for task in chosen_tasks(tasks, first):
-        ask = {**_base(first), "task": task.name, "prompt": task.question, "question": task.question,
-               "scope": task.scope, "segment_count": first.get("segment_count")}
-        if not cut:  # the file could not be read or decoded: its error row, for this task
+    for task, *also in sharing(chosen_tasks(tasks, first), fmt.answers_questions):
+        ask = {**_base(first), "task": task.name, "also_tasks": [t.name for t in also] or None,
+               "prompt": fmt.asked(task.question), "question": task.question, "scope": task.scope,
+               "segment_count": first.get("segment_count")}
+        if not cut:  # the file could not be read or decoded: its error row, for this task (and its also_tasks)
             rows.append({**ask, **{k: first[k] for k in ("error_stage", "error_class", "error", "retryable")}})
         elif task.scope == "item":
             rows.extend({**ask, **{k: item[k] for k in ("segment_index", "start_s", "end_s")}, "audio": [item["audio"]]}

@@ -60,7 +60,8 @@ def prepare_file(source: dict[str, Any], *, max_item_s: float, search_s: float, 
 def base_row(source: dict[str, Any]) -> dict[str, Any]:
     """The columns every row of a source's items carries."""
     return {"item_id": source["item_id"], "source_uri": source["source_uri"], "only_task": source.get("task"),
-            "question": source.get("question"), "metadata": source.get("metadata")}
+            "question": source.get("question"), "metadata": source.get("metadata"),
+            "answered_tasks": source.get("answered_tasks")}
 
 
 def refuse(source: dict[str, Any], base: dict[str, Any], max_size_mb: float | None) -> list[dict[str, Any]]:

@@ -29,13 +29,12 @@ REPLICA_SAMPLE_S = 5.0
 
 
 def report(item_id: str, request_index: int, request_count: int, recording_s: float | None,
-           row: dict[str, Any] | None) -> tuple:
+           rows: list[dict[str, Any]]) -> tuple:
     """What the inference stage did with one request row: `(item_id, request index, requests of the file, file
-    seconds, rows written, {error stage: rows})`; `row` is the output row it wrote, None if it skipped it (the
-    output had it already)."""
-    stage = row.get("error_stage") if row else None
-    return (item_id, request_index, request_count, recording_s or 0.0, int(row is not None),
-            {stage: 1} if stage else {})
+    seconds, rows written, {error stage: rows})`; `rows` are the output rows it wrote (one per task it answers,
+    none that the output had already)."""
+    stages = Counter(row["error_stage"] for row in rows if row.get("error_stage"))
+    return item_id, request_index, request_count, recording_s or 0.0, len(rows), dict(stages)
 
 
 class ProgressCounter:

@@ -21,7 +21,10 @@ REQUEST_SCHEMA = pa.schema([  # what prepare + pack hand to infer: one row per r
     ("end_s", pa.float64()),  # ... and its last item's end, in the file
     ("audio", pa.list_(pa.binary())),  # its items, float32 mono 16 kHz samples each; empty for a combining request
     ("task", pa.string()),
-    ("prompt", pa.string()),  # the task's question (or the manifest row's own): what the row is an answer to
+    # Further tasks the same request answers, one output row each as for `task`: a model that answers no
+    # questions (whisper) hears each item once for all the tasks of a scope. Null: `task` alone.
+    ("also_tasks", pa.list_(pa.string())),
+    ("prompt", pa.string()),  # what the model is asked (ModelFormat.asked): what the row is an answer to
     ("question", pa.string()),  # the text sent: the prompt, or for a combining request the parts' answers too
     ("scope", pa.string()),
     ("part", pa.int32()),  # a window of a recording answered in several: its index; else null

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import ray
 
 from contract.config import Config, ConfigError
+from contract.formats import get_format
 from contract.messages import ModelInfo
 from pipeline.answered import Answered, scan
 from pipeline.combine import combining
@@ -90,6 +91,17 @@ def init_ray(config: Config) -> None:
         # SIGTERM ends the run as Ctrl-C does (SystemExit(15), its answers committed on the way out). Ray's core
         # worker puts a crash handler over ray.init's own: it dumps a stack and aborts the driver 3 s later.
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+
+def unasked_questions(config: Config) -> str | None:
+    """The line telling the user that the model answers no questions, when the config's tasks ask it some."""
+    fmt = get_format(config.engine.family)
+    asking = [t.name for t in config.tasks if t.question]
+    if fmt.answers_questions or not asking:
+        return None
+    return (f"model family {config.engine.family} answers no questions: the questions of tasks {', '.join(asking)} "
+            f"are not asked; each item is transcribed once and every task's row holds that transcript "
+            f"(prompt column: {fmt.fixed_prompt!r})")
 
 
 def item_seconds(config: Config, info: ModelInfo) -> float:
@@ -184,10 +196,14 @@ def _run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], r
     start, started_at = time.perf_counter(), datetime.now(timezone.utc)
     tracker = None
     model, storage, output = config.engine.model_name, config.storage.model_dump(), config.output.uri
+    unasked = unasked_questions(config)
+    if unasked:
+        logger.warning(unasked)
     remove_leftovers(output, storage)  # under this run's lease: what is staged now is a dead run's
     prune(output, drop_retryable=retry_failed, storage=storage)
     answered = scan(output, model, storage)
-    plan = write_plan(sources(config), answered, config.tasks, output, run_id, storage)
+    plan = write_plan(sources(config), answered, config.tasks, get_format(config.engine.family), output, run_id,
+                      storage)
     writer = OutputWriter(output, run_id, config.output.rows_per_file, storage)
     try:
         if plan.listed == 0:

@@ -39,6 +39,18 @@ class ModelFormat:
     # (add_generation_prompt), e.g. an opened reasoning block; the OpenAI routes need it to map a continued
     # assistant message back to a prefill mode.
     generation_prompt_tail: str = ""
+    # What the model is asked whatever the task's question, for a model that does one thing (whisper transcribes);
+    # None: the model answers the question.
+    fixed_prompt: str | None = None
+
+    @property
+    def answers_questions(self) -> bool:
+        return self.fixed_prompt is None
+
+    def asked(self, question: str | None) -> str:
+        """What the model is really asked for a task's question: the `prompt` column, part of an answer's identity
+        (pipeline.answered), so a changed question is asked again only of a model that hears it."""
+        return (question or "") if self.fixed_prompt is None else self.fixed_prompt
 
     def render_prompt(
         self, *, system: str | None, question: str, num_audio: int, prefill: str | None = None

@@ -1,7 +1,7 @@
 """Whisper, run by the embedded faster-whisper engine.
 
-Whisper takes no chat prompt: the "prompt" is the question passed through (an initial prompt
-for the decoder, or nothing), and the output is a transcript with no reasoning.
+Whisper takes no chat prompt and answers no question: whatever a task asks, it is asked to transcribe
+(`fixed_prompt`), and the output is a transcript with no reasoning.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class WhisperFormat(ModelFormat):
         self, *, system: str | None, question: str, num_audio: int, prefill: str | None = None
     ) -> str:
         self.check_prefill(prefill)
-        return question or ""
+        return self.asked(question)
 
     def audio_tokens(self, num_samples: int, sample_rate: int = 16000) -> int:
         # The encoder emits 1500 positions per 30 s window: 50 per second, rounded up.
@@ -37,4 +37,5 @@ FORMAT = WhisperFormat(
     stop=[],
     skip_special_tokens=True,
     prefills=("off",),  # no reasoning
+    fixed_prompt="transcribe",
 )

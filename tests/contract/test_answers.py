@@ -58,5 +58,5 @@ def test_a_task_with_a_bad_schema_is_a_config_error_naming_it(tmp_path):
 
 
 def test_whisper_refuses_a_task_with_an_answer_schema():
-    with pytest.raises(ConfigError, match=r"tasks\[0\] \(mood\): answer needs an engine that answers questions"):
+    with pytest.raises(ConfigError, match=r"tasks\[0\] \(mood\): answer needs a model that answers questions"):
         load_config(None, ["tasks=[{name: mood, question: Mood, answer: [angry, calm]}]"])

@@ -39,6 +39,8 @@ def test_overrides_are_yaml_typed():
     ("engine:\n  family: gpt\n", "engine: Value error, family 'gpt' is not one of"),
     ("tasks: []\n", "tasks: List should have at least 1 item"),
     ("tasks:\n  - name: a\n    question: q\n    prefil: off\n", "tasks.0.prefil: unknown field"),
+    ("engine:\n  family: qwen2_audio\ntasks:\n  - name: a\n",
+     "tasks[0] (a): question is required: model family qwen2_audio answers the task's question"),
     ("- just a list\n", "expected a mapping"),
     ("input: [unclosed\n", "not valid YAML"),
 ])

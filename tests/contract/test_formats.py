@@ -119,7 +119,11 @@ def test_qwen2_audio_split_output():
 
 
 def test_whisper():
-    assert render_prompt("whisper", system="ignored", question="Glossary: Ray.", num_audio=1) == "Glossary: Ray."
+    # Whisper is asked to transcribe, whatever the question: that is what the prompt column records.
+    assert render_prompt("whisper", system="ignored", question="Glossary: Ray.", num_audio=1) == "transcribe"
+    assert WHISPER.asked("Summarize the call.") == WHISPER.asked(None) == "transcribe"
+    assert not WHISPER.answers_questions and QWEN.answers_questions
+    assert QWEN.asked("Summarize the call.") == "Summarize the call." and QWEN.asked(None) == ""
     assert WHISPER.split_output(" Hello. ") == ParsedOutput(None, "Hello.", False)
     assert WHISPER.audio_tokens(16000 * 30) == 1500
     assert WHISPER.audio_tokens(16000 * 60) == 1500

@@ -90,6 +90,16 @@ def test_openai_client_gets_a_transcript(client, transcripts):
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
 
 
+def test_silence_is_an_empty_reply_marked_no_speech(client):
+    """Over HTTP as in the pipeline: 5 s of silence is no words (not whisper's "you"), and says why."""
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(5 * 16000, np.float32), 16000, format="WAV")
+    silence = {"type": "input_audio", "input_audio": {"data": b64(wav.getvalue()), "format": "wav"}}
+    completion = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [silence]}])
+    choice = completion.choices[0]
+    assert (choice.message.content, choice.finish_reason) == ("", "no_speech")
+
+
 def test_openai_client_streams(client, transcripts):
     stream = client.chat.completions.create(
         model=MODEL, stream=True, stream_options={"include_usage": True},

@@ -59,7 +59,7 @@ def encoded(audio: np.ndarray, rate: int, **kwargs) -> bytes:
     return buf.getvalue()
 
 
-# name -> (bytes maker, expected outcome: "answer" or an error class)
+# name -> (bytes maker, expected outcome: "answer", "no_speech" or an error class)
 CASES = {
     "empty.wav": (lambda: b"", "DecodeError"),
     "truncated.flac": (lambda: (SAMPLES / "weather.flac").read_bytes()[:300], "DecodeError"),
@@ -69,8 +69,9 @@ CASES = {
     "mulaw 8k.wav": (lambda: encoded(resampled(8000), 8000, format="WAV", subtype="ULAW"), "answer"),
     "six channels 96k.flac": (lambda: encoded(np.repeat(resampled(96000)[:, None], 6, axis=1) * 0.5, 96000,
                                               format="FLAC"), "answer"),
-    "silence.wav": (lambda: encoded(np.zeros(16000 * 10, np.float32), 16000, format="WAV"), "answer"),
-    "tiny.wav": (lambda: encoded(SPEECH[:80], 16000, format="WAV"), "answer"),  # 5 ms
+    # Nothing to hear: answered as such (empty, no_speech), not an error and not whisper's invented "you".
+    "silence.wav": (lambda: encoded(np.zeros(16000 * 10, np.float32), 16000, format="WAV"), "no_speech"),
+    "tiny.wav": (lambda: encoded(SPEECH[:80], 16000, format="WAV"), "no_speech"),  # 5 ms
     "two hours.wav": (lambda: encoded(np.zeros(8000 * 7200, np.int16), 8000, format="WAV", subtype="PCM_16"),
                       "AudioTooLong"),
     "lying header.wav": (lying_wav_header, "answer"),
@@ -104,7 +105,9 @@ def test_outcome_is_the_expected_one(outcome, name):
     expected = CASES[name][1]
     if expected == "answer":
         assert row["error_class"] is None, row["error"]
-        assert row["answer"] is not None and row["finish_reason"] == "stop"
+        assert row["answer"] and row["finish_reason"] == "stop"
+    elif expected == "no_speech":
+        assert (row["answer"], row["finish_reason"], row["error_class"]) == ("", "no_speech", None)
     else:
         assert not more
         assert row["error_class"] == expected and row["error_stage"] == "decode" and row["retryable"] is False

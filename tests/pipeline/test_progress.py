@@ -45,11 +45,12 @@ def test_a_file_is_done_when_all_its_requests_are_and_repeats_count_once():
 
 
 def test_a_report_says_what_became_of_one_request_row():
-    assert report("a", 0, 3, 61.5, {"item_id": "a", "error_stage": None}) == ("a", 0, 3, 61.5, 1, {})
-    assert report("a", 1, 3, 61.5, {"error_stage": "infer"}) == ("a", 1, 3, 61.5, 1, {"infer": 1})
-    assert report("a", 2, 3, 61.5, None) == ("a", 2, 3, 61.5, 0, {})  # skipped: the output had it
-    assert report("bad", 0, 1, None, {"error_stage": "decode"}) == ("bad", 0, 1, 0.0, 1, {"decode": 1})
-
+    assert report("a", 0, 3, 61.5, [{"item_id": "a", "error_stage": None}]) == ("a", 0, 3, 61.5, 1, {})
+    assert report("a", 1, 3, 61.5, [{"error_stage": "infer"}]) == ("a", 1, 3, 61.5, 1, {"infer": 1})
+    assert report("a", 2, 3, 61.5, []) == ("a", 2, 3, 61.5, 0, {})  # skipped: the output had it
+    assert report("bad", 0, 1, None, [{"error_stage": "decode"}]) == ("bad", 0, 1, 0.0, 1, {"decode": 1})
+    # One request answering two tasks (whisper, every task of the scope): a row each.
+    assert report("a", 0, 1, 5.0, [{"error_stage": None}, {"error_stage": None}]) == ("a", 0, 1, 5.0, 2, {})
 
 def test_speed_and_eta_come_from_what_is_done():
     snap = Snapshot(files_todo=10, elapsed_s=600, files_done=4, requests_known=9, requests_done=8, rows=8,

@@ -72,14 +72,21 @@ def test_rerun_adds_nothing_and_new_files_add_exactly_their_rows(whisper_app, tm
         {"new note.m4a", "0_weather.flac"}
 
 
-def test_a_new_task_or_prompt_is_answered_and_old_rows_stay(whisper_app, tmp_path):
+def test_a_new_task_is_answered_alone_and_old_rows_stay(whisper_app, tmp_path):
+    """Only the new task's rows are made (the old task's are not asked again beside them); a question, new or
+    changed, is not what whisper is asked (its prompt is "transcribe"), so it changes nothing answered."""
     inputs, out = tmp_path / "in", tmp_path / "out"
-    copy_samples(inputs, names={"greeting.wav"})
-    run(load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app]), serving)
-    changed = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app,
-                                 "tasks=[{name: transcribe, question: Write down what is said.}]"])
-    assert run(changed, serving).rows == 1
-    assert sorted(r["prompt"] for r in rows(out)) == ["Please transcribe the audio.", "Write down what is said."]
+    copy_samples(inputs, names={"greeting.wav", "story.ogg"})
+    first = run(load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app]), serving)
+    added = load_config(None, [f"input.uri={inputs}", f"output.uri={out}", *whisper_app,
+                               "tasks=[{name: transcribe, question: Write down what is said.}, {name: summary}]"])
+    second = run(added, serving)
+    assert (second.rows, second.skipped) == (2, 0)
+    written = assert_one_outcome_per_key(out, inputs)
+    assert Counter((r["task"], r["run_id"]) for r in written) == {("transcribe", first.run_id): 2,
+                                                                  ("summary", second.run_id): 2}
+    assert {r["prompt"] for r in written} == {"transcribe"}
+    assert run(added, serving).rows == 0
 
 
 def test_retry_failed_replaces_retryable_rows(ray_cluster, whisper_app, tmp_path):
