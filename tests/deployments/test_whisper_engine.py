@@ -28,7 +28,8 @@ def quiet(kind: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def engines():
     """The default engine (filter on) and one with `engine_kwargs.vad_filter: false`."""
-    return {True: WhisperEngine(EngineConfig()), False: WhisperEngine(EngineConfig(engine_kwargs={"vad_filter": False}))}
+    return {True: WhisperEngine(EngineConfig()),
+            False: WhisperEngine(EngineConfig(engine_kwargs={"vad_filter": False}))}
 
 
 def transcribe(engine: WhisperEngine, audio: list[np.ndarray], recording: bool):

@@ -21,8 +21,8 @@ TASKS = ("tasks=[{name: transcribe}, {name: summary, question: Summarize the cal
 
 def job(inputs: Path, out: Path, *overrides: str) -> subprocess.CompletedProcess:
     args = [f"input.uri={inputs}", f"output.uri={out}", "report.enabled=false", *overrides]
-    done = subprocess.run([sys.executable, "jobs/transcribe.py", "--quiet", *(a for arg in args for a in ("--set", arg))],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "jobs/transcribe.py", "--quiet", *(a for arg in args for a in ("--set", arg))]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
