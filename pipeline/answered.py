@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.output import read_output
@@ -51,9 +52,14 @@ def row_key(item_id: str, segment_index: int | None, part: int | None, task: str
     return digest(item_id, segment_index, part, task, prompt)
 
 
-def scan(uri: str, model: str, storage: dict | None = None) -> Answered:
-    """What `uri` answers with `model`: one fingerprint per answered (item, task, prompt), not per row."""
+def scan(uri: str, model: str, storage: dict | None = None, fixed_prompt: str | None = None) -> Answered:
+    """What `uri` answers with `model`: one fingerprint per answered (item, task, prompt), not per row.
+    `fixed_prompt`: what a model that answers no questions is always asked (ModelFormat.fixed_prompt); its rows
+    answer their task whatever prompt they were written with (rows written before it was recorded hold the
+    task's question)."""
     rows = read_output(uri, [*ASK, "segment_index", "segment_count", "part"], pc.field("model") == model, storage)
+    if fixed_prompt is not None:
+        rows = rows.set_column(rows.schema.get_field_index("prompt"), "prompt", pa.repeat(fixed_prompt, rows.num_rows))
     rows = rows.append_column("answer_row", pc.and_(pc.is_null(rows["segment_index"]), pc.is_null(rows["part"])))
     asks = rows.group_by(ASK, use_threads=False).aggregate([
         ("segment_index", "count_distinct"), ("answer_row", "any"), ("segment_count", "max")])

@@ -201,9 +201,9 @@ def _run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], r
         logger.warning(unasked)
     remove_leftovers(output, storage)  # under this run's lease: what is staged now is a dead run's
     prune(output, drop_retryable=retry_failed, storage=storage)
-    answered = scan(output, model, storage)
-    plan = write_plan(sources(config), answered, config.tasks, get_format(config.engine.family), output, run_id,
-                      storage)
+    fmt = get_format(config.engine.family)
+    answered = scan(output, model, storage, fmt.fixed_prompt)
+    plan = write_plan(sources(config), answered, config.tasks, fmt, output, run_id, storage)
     writer = OutputWriter(output, run_id, config.output.rows_per_file, storage)
     try:
         if plan.listed == 0:

@@ -63,6 +63,14 @@ def test_scan_reads_and_changes_nothing(tmp_path):
     assert sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.rglob("*.parquet")) == before
 
 
+def test_rows_of_a_model_that_answers_no_questions_answer_their_task_whatever_their_prompt(tmp_path):
+    # Whisper's rows used to record the task's question; now "transcribe". An output written before is answered.
+    answered = scan(output(tmp_path), "m", fixed_prompt="transcribe")
+    assert answered.complete("whole", [("t", "transcribe")]) and not answered.complete("whole", [("t", "q")])
+    assert answered.has("half", 0, None, "t", "transcribe")
+    assert scan(str(tmp_path / "nothing"), "m", fixed_prompt="transcribe").rows == 0
+
+
 def test_prune_removes_the_second_row_of_a_key_and_on_request_retryable_errors(tmp_path):
     uri = output(tmp_path)
     assert prune(uri) == 1
