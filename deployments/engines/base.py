@@ -1,4 +1,5 @@
-"""The interface every engine fits: async generate (and stream) for one request, health, shutdown."""
+"""The interface every engine fits: async generate (and stream) for one request, its running count, health,
+shutdown."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class Engine(abc.ABC):
 
     `concurrency`: how many requests the engine works on at once (None: no limit of its own); the replica holds
     the others back until a slot frees, so a request's `latency_s` is the engine's own time and its wait is
-    `queue_s` (deployments.server)."""
+    `queue_s` (deployments.server). It is also the capacity `running` is measured against (occupancy)."""
 
     concurrency: int | None = None
 
@@ -83,6 +84,11 @@ class Engine(abc.ABC):
         piece; engines that generate token by token override this."""
         result = await self.generate(request)
         yield StreamDelta(result.text or "", result)
+
+    def running(self) -> int | None:
+        """Sequences the engine is running now, by its own count (at most `concurrency`); None when it cannot
+        tell (a remote server): unknown, not zero. Read from the replica's sampling thread: cheap, no I/O."""
+        return None
 
     async def check_health(self) -> None:
         """Raise if the engine can no longer serve."""

@@ -51,10 +51,15 @@ class VLLMEngine(Engine):
         from vllm import SamplingParams
         from vllm.engine.arg_utils import AsyncEngineArgs
 
+        # The scheduler's own count of running requests reaches us through a stat logger (v1's interface).
+        self._scheduled: SchedulerCount | None = SchedulerCount()
+        loggers: dict[str, Any] = {"stat_loggers": [self._scheduled]}
         try:
             from vllm.v1.engine.async_llm import AsyncLLM
-        except ImportError:  # a vLLM without the v1 module path
+        except ImportError:  # a vLLM without the v1 module path: its loggers differ, its occupancy is unknown
             from vllm import AsyncLLMEngine as AsyncLLM
+
+            self._scheduled, loggers = None, {}
 
         try:
             from vllm.sampling_params import RequestOutputKind
@@ -80,8 +85,9 @@ class VLLMEngine(Engine):
         # a running event loop: AsyncLLM starts its output handler on the first request, on the loop that
         # serves requests (Serve runs __init__ and the methods on the replica's user-code loop).
         started = time.perf_counter()
-        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**config.engine_kwargs))
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**config.engine_kwargs), **loggers)
         self._shut_down = False
+        self._in_engine = 0  # our requests inside vLLM now (handed to it, not yet finished)
         self.max_model_len: int = int(self._engine.model_config.max_model_len)
         # Sequences the scheduler runs at once; more would wait in vLLM's queue, inside the request's latency.
         scheduler = getattr(getattr(self._engine, "vllm_config", None), "scheduler_config", None)
@@ -235,7 +241,15 @@ class VLLMEngine(Engine):
         request_id = f"{request.request_id}-{uuid.uuid4().hex[:12]}"
         return _Job(prompt, prompt_tokens, prefill, params, inputs, request_id)
 
+    def running(self) -> int | None:
+        """The scheduler's count from its latest step, but never more than we have inside the engine: an idle
+        engine takes no steps, so after the last request is aborted its last count would stand forever."""
+        if self._scheduled is None:
+            return None
+        return min(self._scheduled.running, self._in_engine)
+
     async def _outputs(self, job: _Job) -> AsyncIterator[Any]:
+        self._in_engine += 1
         try:
             async for output in self._engine.generate(job.inputs, job.params, job.request_id):
                 yield output
@@ -248,6 +262,8 @@ class VLLMEngine(Engine):
             if self._errored():
                 raise
             raise RequestRejected(f"engine rejected the request: {type(e).__name__}: {e}") from e
+        finally:
+            self._in_engine -= 1
 
     def _result(self, request: GenerationRequest, job: _Job, final: Any, started: float) -> GenerationResult:
         completion = final.outputs[0]
@@ -314,6 +330,35 @@ class VLLMEngine(Engine):
         # AsyncLLM.__del__ calls shutdown again, at the latest at interpreter exit, where vLLM 0.32 fails with
         # a misleading "'NoneType' object is not callable" traceback: it is done, so make that a no-op.
         engine.shutdown = lambda *args, **kwargs: None
+
+
+class SchedulerCount:
+    """A vLLM v1 stat logger that keeps the scheduler's count of running requests from each engine step's stats.
+
+    Given to `AsyncLLM.from_engine_args(stat_loggers=[...])` as the per-engine factory (vLLM calls it with the
+    config and the engine's index; one engine core per replica, its TP workers inside) and returning itself. It has
+    the methods `StatLoggerBase` declares without subclassing it, so vllm is imported only when the engine is
+    built. A custom logger makes vLLM collect stats even under `disable_log_stats` (its own loggers stay off then).
+    """
+
+    def __init__(self):
+        self.running = 0
+
+    def __call__(self, vllm_config: Any, engine_index: int = 0) -> SchedulerCount:
+        return self
+
+    def record(self, scheduler_stats: Any, *args: Any, **kwargs: Any) -> None:
+        if scheduler_stats is not None:
+            self.running = scheduler_stats.num_running_reqs
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+    def log(self) -> None:
+        pass
+
+    def record_sleep_state(self, *args: Any) -> None:
+        pass
 
 
 @dataclass

@@ -18,6 +18,7 @@ finish_reason NO_SPEECH: an answer, not an error to retry.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -51,6 +52,7 @@ class WhisperEngine(Engine):
         # One thread per CTranslate2 worker: more would only queue inside the model.
         self._pool = ThreadPoolExecutor(max_workers=kwargs["num_workers"], thread_name_prefix="whisper")
         self.concurrency = kwargs["num_workers"]
+        self._busy, self._busy_lock = 0, threading.Lock()  # workers transcribing now
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         if not request.audio or (len(request.audio) != 1 and not request.recording):
@@ -78,9 +80,18 @@ class WhisperEngine(Engine):
             segments=segments if request.recording else None,
         )
 
+    def running(self) -> int:
+        return self._busy
+
     def _transcribe(self, audio, options: dict) -> tuple[str, int, list[tuple[float, float, str]]]:
-        segments, _ = self._model.transcribe(audio, **options)
-        segments = list(segments)  # the generator does the decoding
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            segments, _ = self._model.transcribe(audio, **options)
+            segments = list(segments)  # the generator does the decoding
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
         text = " ".join(s.text.strip() for s in segments).strip()
         return text, sum(len(s.tokens) for s in segments), [(s.start, s.end, s.text.strip()) for s in segments]
 
