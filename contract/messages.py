@@ -91,3 +91,18 @@ class ModelInfo:
     # fit max_model_len, and a request holds at most max_audio_items items. None: no such bound.
     max_model_len: int | None = None
     max_audio_items: int | None = None
+
+
+# A batch holding less than this share of the engine's capacity counts as not full (`Occupancy.under_90`).
+FULL_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """How full the app's engines kept their batches over a time window: each engine's own count of running
+    sequences over its capacity (vLLM's `max_num_seqs`, whisper's workers), sampled on every replica and
+    weighted by time, so a replica that ran half the window counts half."""
+
+    mean: float  # mean of running / capacity over the replica-time sampled
+    under_90: float  # share of that replica-time with the batch under FULL_SHARE of its capacity
+    replica_s: float  # replica-seconds sampled in the window

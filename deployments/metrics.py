@@ -12,6 +12,9 @@ prefix (and `_total` on counters). Serve's own `ray_serve_replica_processing_que
   replica to its result.
 - `ray_audio_serve_prompt_tokens_total`, `ray_audio_serve_completion_tokens_total` (counters; model): tokens
   of answered requests.
+- `ray_audio_serve_engine_occupancy` (gauge; model): the engine's own count of running sequences over its
+  capacity (vLLM's `max_num_seqs`, whisper's workers), sampled every 0.5 s (deployments.occupancy); absent for
+  an engine that cannot count (openai).
 
 Use: `self.metrics = ReplicaMetrics(model_name)` once the engine is up, then
 `return await self.metrics.measure(self._generate_one(request))` for each request, and
@@ -44,6 +47,8 @@ class ReplicaMetrics:
                                      description="Prompt tokens of answered requests.")
         self.completion_tokens = Counter("audio_serve_completion_tokens", tag_keys=("model",),
                                          description="Generated tokens of answered requests.")
+        self.occupancy = Gauge("audio_serve_engine_occupancy", tag_keys=("model",),
+                               description="Sequences the engine runs, by its own count, over its capacity.")
         self._in_flight = 0
 
     def request_started(self) -> float:
@@ -51,6 +56,10 @@ class ReplicaMetrics:
         self._in_flight += 1
         self.in_flight.set(self._in_flight, tags=self.tags)
         return time.perf_counter()
+
+    def engine_occupancy(self, share: float) -> None:
+        """A sample of the engine's running sequences over its capacity (deployments.occupancy)."""
+        self.occupancy.set(share, tags=self.tags)
 
     def request_finished(self, started: float, result: GenerationResult | None = None,
                          error: BaseException | None = None) -> None:

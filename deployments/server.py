@@ -15,10 +15,11 @@ from ray import serve
 
 from contract.answers import AnswerInvalid, canonical, check_answer
 from contract.config import EngineConfig, HTTPConfig
-from contract.messages import GenerationRequest, GenerationResult, ModelInfo, error_fields
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo, Occupancy, error_fields
 from deployments.engines import create_engine
 from deployments.engines.base import RequestFailed, RequestRejected, StreamDelta
 from deployments.metrics import ReplicaMetrics
+from deployments.occupancy import OccupancySampler, occupancy
 from deployments.owner import OwnerWatch
 
 # What a request can end in without the engine being in trouble: each becomes a failed result, not an exception.
@@ -80,9 +81,10 @@ class EngineServer:
 
     def __init__(self, engine: dict[str, Any], request_timeout_s: float, http: dict[str, Any] | None = None,
                  stall_timeout_s: float = float("inf"), owner: dict[str, Any] | None = None):
+        self.app_name = serve.get_replica_context().app_name
         # First, before a model load of minutes: an app whose job is gone deletes itself (deployments.owner).
         if owner:
-            OwnerWatch(owner["token"], serve.get_replica_context().app_name, owner["check_s"]).start()
+            OwnerWatch(owner["token"], self.app_name, owner["check_s"]).start()
         self.http = HTTPConfig.model_validate(http or {})
         # Before the engine loads (minutes for a large model): a key that is named but missing is a broken
         # deployment, not an open endpoint.
@@ -94,6 +96,7 @@ class EngineServer:
                                    "in the replica's environment")
         self.engine = create_engine(EngineConfig.model_validate(engine))
         self.metrics = ReplicaMetrics(self.engine.info.model_name)
+        self.sampler = OccupancySampler.started(self.engine, self.app_name, self.metrics)
         self.request_timeout_s = request_timeout_s
         self.watch = ProgressWatch(stall_timeout_s)
         # Made on first use, on the loop that serves requests.
@@ -110,6 +113,11 @@ class EngineServer:
 
     async def info(self) -> ModelInfo:
         return self.engine.info
+
+    async def occupancy(self, start: float, end: float) -> Occupancy | None:
+        """How full the app's engines (every replica's) kept their batches from `start` to `end` (wall-clock
+        seconds, `time.time()`); None if the engine cannot count or nothing was sampled then."""
+        return await occupancy(self.app_name, start, end)
 
     async def text_tokens(self, system: str | None, question: str, prefill: str | None, up_to: int) -> list[int]:
         """The prompt's text tokens with 0..`up_to` audio items (the pipeline packs recordings by them)."""
@@ -188,6 +196,8 @@ class EngineServer:
         await self.engine.check_health()
 
     async def __del__(self):
+        if getattr(self, "sampler", None) is not None:
+            self.sampler.stop.set()
         engine = getattr(self, "engine", None)  # None: __init__ failed before the engine was built
         if engine is not None:
             await engine.shutdown()

@@ -16,7 +16,7 @@ import pytest
 
 from contract.config import SamplingConfig, load_config
 from contract.formats import get_format
-from contract.messages import GenerationRequest, GenerationResult, ModelInfo
+from contract.messages import GenerationRequest, GenerationResult, ModelInfo, Occupancy
 from tests.conftest import ROOT, cmdline, tone
 
 QWEN = get_format("qwen2_audio")
@@ -270,6 +270,35 @@ def test_dispatch_refills_the_engine_while_one_request_reasons_long(vllm_app):
         # The issue's test: never down to the long request alone while others wait to be sent.
         assert kind == "sent" or in_flight > 1 or not waiting, (kind, request_id, waiting)
     assert most == room  # the actor's room bounds what it sends, and it filled it
+
+
+def test_vllm_occupancy_is_the_schedulers_count_sampled(vllm_app):
+    """More requests than max_num_seqs (16): the scheduler's count of running sequences, sampled by the replica
+    into the app's log, holds the batch full for whole seconds while they run (the waiting ones refill each
+    finished slot) and empty once they are done."""
+    handle, _ = vllm_app
+    # At temperature 1 the random model seldom meets a stop token: most of the 32 run their 96 tokens, seconds.
+    calls = [[request(tone(3.0, seed=s), temperature=1.0, seed=s, max_tokens=96) for s in range(16 * c, 16 * c + 16)]
+             for c in range(2)]
+    started = time.time()
+    results = [r.result(timeout_s=TIMEOUT_S) for r in [handle.generate.remote(c) for c in calls]]
+    finished = time.time()
+    assert all(r.error_class is None for batch in results for r in batch)
+    time.sleep(4)  # idle seconds, and time for the last samples to reach the log (sent every second)
+
+    def window(start: float, end: float) -> Occupancy:
+        return handle.occupancy.remote(start, end).result(timeout_s=TIMEOUT_S)
+
+    seconds = [window(t, t) for t in range(int(started), int(finished) + 1)]
+    print(f"\noccupancy per second while running: {[round(s.mean, 2) for s in seconds]}")
+    assert max(s.mean for s in seconds) == 1.0 and min(s.under_90 for s in seconds) == 0.0
+    whole = window(started, finished)
+    assert 0 < whole.mean < 1 and 0 < whole.under_90 < 1  # filling up and draining are not full
+    # A window's figures are its seconds' figures weighted by the replica-time each sampled.
+    assert whole.mean == pytest.approx(sum(s.mean * s.replica_s for s in seconds) / sum(s.replica_s for s in seconds))
+    assert finished - started - 2 <= whole.replica_s <= finished - started + 2  # one replica, sampled all along
+    idle = window(finished + 1, time.time() - 2)
+    assert (idle.mean, idle.under_90) == (0.0, 1.0) and idle.replica_s >= 1
 
 
 def test_vllm_pipeline_end_to_end(vllm_app, tiny_qwen2_audio, tmp_path):
