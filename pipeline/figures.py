@@ -23,6 +23,8 @@ from pipeline.output import audio_seconds
 EXAMPLES = 3  # error examples kept per error class
 COST_BASIS = "wall time x mean running replicas x GPUs per replica x price per GPU-hour"
 REASONING_NOTE = "reasoning tokens are estimated: completion tokens split by the characters of reasoning and answer"
+OCCUPANCY_BASIS = ("each engine's own count of running sequences over its capacity (max_num_seqs, whisper's "
+                   "workers), sampled every 0.5 s on every replica, weighted by time")
 
 
 @dataclass
@@ -133,6 +135,19 @@ class Cost:
 
 
 @dataclass
+class EngineOccupancy:
+    """How full the engines kept their batches over the runs (contract.messages.Occupancy, combined by the
+    replica-seconds each run sampled); mean and under_90 None: not measured (an engine that cannot count its
+    sequences, or runs recorded without it)."""
+
+    mean: float | None
+    under_90: float | None  # share of the replica-time with the batch under 90% of its capacity
+    replica_s: float
+    runs_measured: int
+    basis: str = OCCUPANCY_BASIS
+
+
+@dataclass
 class Recordings:
     """Tasks of scope recording (one answer per recording and task)."""
 
@@ -162,6 +177,7 @@ class Figures:
     cost: Cost
     runs: list[Run]
     recordings: Recordings
+    occupancy: EngineOccupancy
     # task -> labelled field ("" for a label answer) -> value -> answered rows, for tasks with an answer schema
     labels: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     generated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -241,8 +257,20 @@ def summarize(rows: pa.Table, facts: dict[str, dict], *, output_uri: str, run_id
         cost=cost,
         runs=runs,
         recordings=recordings(rows),
+        occupancy=engine_occupancy([facts[r.run_id] for r in runs if r.run_id in facts]),
         labels=label_tallies(answers, answer_schemas(facts)) if answers is not None else {},
     )
+
+
+def engine_occupancy(facts: list[dict]) -> EngineOccupancy:
+    """The runs' recorded occupancies as one, each weighted by the replica-seconds it sampled."""
+    measured = [f["occupancy"] for f in facts if f.get("occupancy")]
+    replica_s = sum(o["replica_s"] for o in measured)
+    if not replica_s:
+        return EngineOccupancy(mean=None, under_90=None, replica_s=0.0, runs_measured=0)
+    return EngineOccupancy(mean=sum(o["mean"] * o["replica_s"] for o in measured) / replica_s,
+                           under_90=sum(o["under_90"] * o["replica_s"] for o in measured) / replica_s,
+                           replica_s=replica_s, runs_measured=len(measured))
 
 
 def answer_schemas(facts: dict[str, dict]) -> dict[str, dict]:

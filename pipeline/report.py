@@ -18,6 +18,9 @@ the page is rendered from `pipeline/templates/report.html`.
 
 Cost is an estimate: wall time x mean running replicas (sampled during the run) x GPUs per replica x the
 configured price per GPU-hour (`report.gpu_hour_price`).
+
+Occupancy is measured, not estimated: each engine's own count of running sequences over its capacity, sampled
+on every replica through the run (pipeline.occupancy) and recorded in run.json.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import json
 import logging
 import posixpath
 import sys
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from contract.messages import Occupancy
 from pipeline.figures import Figures, answer_schemas, segments, summarize
 from pipeline.metrics import reasoning_tokens
 from pipeline.output import read_output
@@ -250,8 +255,9 @@ def write_latest(uri: str, report: dict, page: str, storage: dict | None = None)
 
 
 def run_facts(config, *, run_id: str, started_at: datetime, wall_s: float, files_listed: int, files_todo: int,
-              mean_replicas: float | None = None) -> dict[str, Any]:
-    """What only the driver knows about a run, for its report (`config` is the run's `Config`)."""
+              mean_replicas: float | None = None, occupancy: Occupancy | None = None) -> dict[str, Any]:
+    """What only the driver knows about a run, for its report (`config` is the run's `Config`); `occupancy` is
+    the engines' over the run (pipeline.occupancy), None when unknown."""
     d = config.deployment
     return {
         "run_id": run_id, "started_at": started_at.isoformat(), "wall_s": wall_s,
@@ -263,6 +269,7 @@ def run_facts(config, *, run_id: str, started_at: datetime, wall_s: float, files
         "replicas_configured": d.autoscaling.max_replicas if d.autoscaling else d.num_replicas,
         "mean_replicas": mean_replicas, "gpus_per_replica": d.gpus_per_replica,
         "gpu_hour_price": config.report.gpu_hour_price, "currency": config.report.currency,
+        "occupancy": asdict(occupancy) if occupancy is not None else None,
     }
 
 

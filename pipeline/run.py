@@ -25,12 +25,13 @@ import ray
 
 from contract.config import Config, ConfigError
 from contract.formats import get_format
-from contract.messages import ModelInfo
+from contract.messages import ModelInfo, Occupancy
 from pipeline.answered import Answered, scan
 from pipeline.combine import combining
 from pipeline.infer import answering
 from pipeline.lease import LeaseLost, OutputLease
 from pipeline.manifest import read_manifest
+from pipeline.occupancy import engine_occupancy
 from pipeline.output import audio_seconds, read_output
 from pipeline.plan import Plan, remove_plan, write_plan
 from pipeline.prepare import prepare_batch
@@ -194,7 +195,7 @@ def run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], *,
 def _run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], run_id: str, retry_failed: bool,
          progress: TextIO | None) -> Summary:
     start, started_at = time.perf_counter(), datetime.now(timezone.utc)
-    tracker = None
+    tracker, occupancy = None, None
     model, storage, output = config.engine.model_name, config.storage.model_dump(), config.output.uri
     unasked = unasked_questions(config)
     if unasked:
@@ -220,6 +221,7 @@ def _run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], r
                 combined = combining(config, model, run_id, handle)
                 if combined is not None:
                     write_output(combined, writer)
+                occupancy = engine_occupancy(handle, started_at.timestamp(), time.time())
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C; SIGTERM (Ray's driver handler exits with 15)
         if isinstance(stop, SystemExit) and stop.code != signal.SIGTERM:
             raise
@@ -231,7 +233,7 @@ def _run(config: Config, app: Callable[[Config], AbstractContextManager[Any]], r
     summary = Summary(run_id, plan.listed, plan.listed - plan.todo, audio_s, rows, errors,
                       time.perf_counter() - start, output)
     if config.report.enabled:
-        write_report(config, summary, started_at, tracker)
+        write_report(config, summary, started_at, tracker, occupancy)
     return summary
 
 
@@ -245,11 +247,12 @@ def write_output(dataset: ray.data.Dataset, writer: OutputWriter) -> None:
         writer.flush()
 
 
-def write_report(config: Config, summary: Summary, started_at: datetime, tracker: Progress | None) -> None:
+def write_report(config: Config, summary: Summary, started_at: datetime, tracker: Progress | None,
+                 occupancy: Occupancy | None) -> None:
     """The run's report beside the output (pipeline.report); one that fails is logged, the rows stand."""
     facts = run_facts(config, run_id=summary.run_id, started_at=started_at, wall_s=summary.wall_s,
                       files_listed=summary.files, files_todo=summary.files - summary.skipped,
-                      mean_replicas=tracker.mean_replicas if tracker else None)
+                      mean_replicas=tracker.mean_replicas if tracker else None, occupancy=occupancy)
     try:
         logger.info("report: %s", report_run(config.output.uri, facts, config.storage.model_dump()))
     except Exception:  # noqa: BLE001 - the output is complete; the report can be rebuilt (python -m pipeline.report)

@@ -102,6 +102,26 @@ def test_cost_is_wall_time_times_running_replicas_times_gpus(finished):
     assert cost["per_audio_hour"] == pytest.approx(gpu_hours * PRICE / (summary.audio_s / 3600))
 
 
+def test_occupancy_is_the_engines_own_count_sampled_through_the_run(finished):
+    summary, rows, out, report, page = finished
+    facts = json.loads((out / REPORTS / summary.run_id / "run.json").read_text())
+    occupancy, recorded = report["occupancy"], facts["occupancy"]
+    assert occupancy["runs_measured"] == 1 and occupancy["replica_s"] == recorded["replica_s"]
+    assert occupancy["mean"] == pytest.approx(recorded["mean"])
+    assert occupancy["under_90"] == pytest.approx(recorded["under_90"])
+    # Whisper's one worker is busy or idle: each sample is 1 or 0, so the time under 90% full is the rest.
+    assert 0 < occupancy["mean"] < 1 and occupancy["mean"] + occupancy["under_90"] == pytest.approx(1)
+    # The one replica, sampled all through the run but its last second or so (not yet sent when the run asked).
+    late_s = 1.5  # deployments.occupancy: PUSH_S + SAMPLE_S
+    assert summary.wall_s - late_s - 1 <= occupancy["replica_s"] <= summary.wall_s + 1
+    # Busy time is the engine's own time on the requests, within the 0.5 s grain at each end of each request.
+    busy = occupancy["mean"] * occupancy["replica_s"]
+    asked = [r["latency_s"] for r in rows if r["latency_s"] is not None]
+    grain = 0.5 * (len(asked) + 1)
+    assert sum(asked) - grain - late_s <= busy <= sum(asked) + grain
+    assert "Engine occupancy" in page and "under 90% full" in page
+
+
 def test_page_is_self_contained_with_plots_of_real_data(finished):
     _, _, out, _, page = finished
     assert "http://" not in page and "https://" not in page and "<script" not in page
