@@ -110,6 +110,21 @@ def test_serve_scaled_from_one_to_two_replicas_on_different_nodes(scenario):
     assert not result["watcher_errors"], result["watcher_errors"]
 
 
+def test_occupancy_holds_the_samples_of_every_replica_that_ran(scenario):
+    """The app's one occupancy log took both replicas' samples, the second's from the node Serve scaled onto."""
+    result, _, out = scenario
+    occupancy = json.loads((out / "_reports" / result["summary"]["run_id"] / "run.json").read_text())["occupancy"]
+    # Replica-seconds by Serve's own count of running replicas over the run, as the watcher saw it.
+    timeline = result["timeline"] + [(result["timings"]["run_s"], 0)]
+    running_s = sum(n * (end - t) for (t, n), (end, _) in zip(timeline, timeline[1:]))
+    print(f"occupancy {occupancy}; replica-seconds by Serve's status {running_s:.1f}")
+    assert 0 < occupancy["mean"] <= 1 and 0 <= occupancy["under_90"] <= 1
+    # Less each replica's last second or so (sent after the run read the log) and the time from that read to the
+    # app's deletion; plus a second or so each before Serve calls it running (it samples from its constructor's
+    # end). A replica missing would take tens of seconds.
+    assert running_s - 10 <= occupancy["replica_s"] <= running_s + 5
+
+
 def test_output_has_one_row_per_recording_and_task_and_nothing_else(scenario):
     result, inputs, out = scenario
     config = load_config(None)  # the scenario's base config
