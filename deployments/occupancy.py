@@ -55,12 +55,19 @@ class OccupancyLog:
         ray.get_runtime_context().current_actor.expire.remote()
 
     async def add(self, samples: list[tuple[float, float, float]]) -> None:
-        """One replica's samples: (time, seconds it stands for, running / capacity)."""
+        """One replica's samples: (time, seconds before it that it stands for, running / capacity). A sample is
+        spread over the seconds it covers: one taken late (a busy replica's thread waits for the CPU) still fills
+        each second it stood for."""
         self.last_sample = time.monotonic()
         for at, seconds, share in samples:
-            i = self._bucket(int(at))
-            if i is not None:
-                self.buckets[i] += (seconds, seconds * share, seconds * (share < FULL_SHARE))
+            start = at - seconds
+            while start < at:
+                second = int(start)
+                part = min(at, second + 1) - start
+                i = self._bucket(second)
+                if i is not None:
+                    self.buckets[i] += (part, part * share, part * (share < FULL_SHARE))
+                start = second + 1
 
     async def window(self, start: float, end: float) -> Occupancy | None:
         """The figures over the whole seconds from `start` to `end` (wall clock); None if nothing was sampled."""

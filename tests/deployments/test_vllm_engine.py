@@ -277,8 +277,10 @@ def test_vllm_occupancy_is_the_schedulers_count_sampled(vllm_app):
     into the app's log, holds the batch full for whole seconds while they run (the waiting ones refill each
     finished slot) and empty once they are done."""
     handle, _ = vllm_app
-    # At temperature 1 the random model seldom meets a stop token: most of the 32 run their 96 tokens, seconds.
-    calls = [[request(tone(3.0, seed=s), temperature=1.0, seed=s, max_tokens=96) for s in range(16 * c, 16 * c + 16)]
+    # The replica hands requests to vLLM one after another (~0.1 s each on CPU), so each must run long enough for
+    # all 16 to be in at once: at temperature 1 the random model seldom meets a stop token, so most run their 256
+    # tokens, several seconds; short 1 s clips enter fastest.
+    calls = [[request(tone(1.0, seed=s), temperature=1.0, seed=s, max_tokens=256) for s in range(10 * c, 10 * c + 10)]
              for c in range(2)]
     started = time.time()
     results = [r.result(timeout_s=TIMEOUT_S) for r in [handle.generate.remote(c) for c in calls]]
