@@ -47,8 +47,7 @@ class OccupancyLog:
     """The app's samples, summed over its replicas per wall-clock second: replica-seconds, occupied seconds
     (running / capacity x seconds) and seconds with the batch under FULL_SHARE of its capacity."""
 
-    def __init__(self, idle_s: float = IDLE_S):
-        self.idle_s = idle_s
+    def __init__(self):
         self.first: int | None = None  # the second of bucket 0
         self.buckets = np.zeros((0, 3))
         self.last_sample = time.monotonic()
@@ -81,9 +80,9 @@ class OccupancyLog:
                          replica_s=float(replica_s))
 
     async def expire(self) -> None:
-        """Runs from the start (the log calls it on itself) and ends the log once no sample came for idle_s."""
-        while time.monotonic() - self.last_sample < self.idle_s:
-            await asyncio.sleep(self.idle_s / 10)
+        """Runs from the start (the log calls it on itself) and ends the log once no sample came for IDLE_S."""
+        while time.monotonic() - self.last_sample < IDLE_S:
+            await asyncio.sleep(IDLE_S / 10)
         ray.actor.exit_actor()
 
     def _bucket(self, second: int) -> int | None:
