@@ -257,12 +257,12 @@ def summarize(rows: pa.Table, facts: dict[str, dict], *, output_uri: str, run_id
         cost=cost,
         runs=runs,
         recordings=recordings(rows),
-        occupancy=engine_occupancy([facts[r.run_id] for r in runs if r.run_id in facts]),
+        occupancy=combined_occupancy([facts[r.run_id] for r in runs if r.run_id in facts]),
         labels=label_tallies(answers, answer_schemas(facts)) if answers is not None else {},
     )
 
 
-def engine_occupancy(facts: list[dict]) -> EngineOccupancy:
+def combined_occupancy(facts: list[dict]) -> EngineOccupancy:
     """The runs' recorded occupancies as one, each weighted by the replica-seconds it sampled."""
     measured = [f["occupancy"] for f in facts if f.get("occupancy")]
     replica_s = sum(o["replica_s"] for o in measured)
