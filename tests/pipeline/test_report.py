@@ -16,7 +16,7 @@ from PIL import Image
 
 from contract.config import load_config
 from deployments.app import serving
-from pipeline.report import DATA_COLOR, REPORTS, build, main
+from pipeline.report import DATA_COLOR, REPORTS, build, main, write_run_facts
 from pipeline.rows import OUTPUT_SCHEMA
 from pipeline.run import run
 from tests.conftest import samples_in
@@ -190,6 +190,18 @@ def test_reasoning_lengths_and_estimated_tokens_and_a_run_without_facts(tmp_path
     plots = images(page)
     assert "Reasoning length" in plots and data_pixels(plots["Reasoning length"]) > 300
     assert "Errors" not in plots and "No errors." in page
+    assert report["occupancy"]["mean"] is None and "Engine occupancy" in page and "Not measured" in page
+
+
+def test_occupancy_of_several_runs_is_weighted_by_the_replica_time_each_sampled(tmp_path):
+    occupancies = {"r-1": {"mean": 1.0, "under_90": 0.0, "replica_s": 30.0},
+                   "r-2": {"mean": 0.2, "under_90": 1.0, "replica_s": 10.0}, "r-3": None}  # r-3: openai, unknown
+    for run_id, occupancy in occupancies.items():
+        write_run_facts(str(tmp_path), {"run_id": run_id, "wall_s": 40.0, "occupancy": occupancy})
+    occupancy = build(str(tmp_path))[0]["occupancy"]
+    assert occupancy["runs_measured"] == 2 and occupancy["replica_s"] == 40
+    assert occupancy["mean"] == pytest.approx(0.8) and occupancy["under_90"] == pytest.approx(0.25)
+    assert build(str(tmp_path), ["r-3"])[0]["occupancy"]["mean"] is None
 
 
 def test_an_output_without_rows_still_renders_from_the_template(tmp_path):
