@@ -278,14 +278,14 @@ def test_vllm_occupancy_is_the_schedulers_count_sampled(vllm_app):
     finished slot) and empty once they are done."""
     handle, _ = vllm_app
     # The replica hands requests to vLLM one after another (~0.1 s each on CPU), so each must run long enough for
-    # all 16 to be in at once: at temperature 1 the random model seldom meets a stop token, so most run their 256
-    # tokens, several seconds; short 1 s clips enter fastest.
-    calls = [[request(tone(1.0, seed=s), temperature=1.0, seed=s, max_tokens=256) for s in range(10 * c, 10 * c + 10)]
-             for c in range(2)]
+    # all 16 to be in at once: at temperature 1 the random model meets a stop token about once in 500 tokens, so
+    # most run their 256 tokens, several seconds (the 8 beyond max_num_seqs, the replica's max_ongoing_requests,
+    # replace early stops); short 1 s clips enter fastest.
+    requests = [request(tone(1.0, seed=s), temperature=1.0, seed=s, max_tokens=256) for s in range(24)]
     started = time.time()
-    results = [r.result(timeout_s=TIMEOUT_S) for r in [handle.generate.remote(c) for c in calls]]
+    results = generate(vllm_app, requests)
     finished = time.time()
-    assert all(r.error_class is None for batch in results for r in batch)
+    assert all(r.error_class is None for r in results)
     time.sleep(4)  # idle seconds, and time for the last samples to reach the log (sent every second)
 
     def window(start: float, end: float) -> Occupancy:
@@ -293,7 +293,8 @@ def test_vllm_occupancy_is_the_schedulers_count_sampled(vllm_app):
 
     seconds = [window(t, t) for t in range(int(started), int(finished) + 1)]
     print(f"\noccupancy per second while running: {[round(s.mean, 2) for s in seconds]}")
-    assert max(s.mean for s in seconds) == 1.0 and min(s.under_90 for s in seconds) == 0.0
+    # A second whose mean is over 15/16 holds samples of all 16 running; whole seconds never under 90% full.
+    assert max(s.mean for s in seconds) > 15 / 16 and min(s.under_90 for s in seconds) == 0.0
     whole = window(started, finished)
     assert 0 < whole.mean < 1 and 0 < whole.under_90 < 1  # filling up and draining are not full
     # A window's figures are its seconds' figures weighted by the replica-time each sampled.
