@@ -274,8 +274,8 @@ def test_dispatch_refills_the_engine_while_one_request_reasons_long(vllm_app):
 
 def test_vllm_occupancy_is_the_schedulers_count_sampled(vllm_app):
     """More requests than max_num_seqs (16): the scheduler's count of running sequences, sampled by the replica
-    into the app's log, holds the batch full for whole seconds while they run (the waiting ones refill each
-    finished slot) and empty once they are done."""
+    into the app's log, fills the batch while they run (the waiting ones refill each finished slot) and is
+    empty once they are done."""
     handle, _ = vllm_app
     # The replica hands requests to vLLM one after another (~0.1 s each on CPU), so each must run long enough for
     # all 16 to be in at once: at temperature 1 the random model meets a stop token about once in 500 tokens, so
