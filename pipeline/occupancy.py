@@ -17,8 +17,8 @@ TIMEOUT_S = 30.0
 def engine_occupancy(handle: Any, start: float, end: float) -> Occupancy | None:
     """The occupancy of the app behind `handle` (a DeploymentHandle) from `start` to `end`, wall-clock seconds
     (`time.time()`), across its replicas; None when unknown: the engine cannot count (openai), nothing was
-    sampled, or the app did not answer (logged: a run never fails for it). Replicas send their samples about
-    every second, so a window that ends now lacks its last second or so."""
+    sampled, or the app did not answer (logged: a run never fails for it). A window that ends now is answered
+    once the replicas' samples up to now are in (about half a second)."""
     try:
         return handle.occupancy.remote(start, end).result(timeout_s=TIMEOUT_S)
     except Exception:  # noqa: BLE001 - a figure of the report, not worth the run

@@ -119,9 +119,8 @@ def test_occupancy_holds_the_samples_of_every_replica_that_ran(scenario):
     running_s = sum(n * (end - t) for (t, n), (end, _) in zip(timeline, timeline[1:]))
     print(f"occupancy {occupancy}; replica-seconds by Serve's status {running_s:.1f}")
     assert 0 < occupancy["mean"] <= 1 and 0 <= occupancy["under_90"] <= 1
-    # Less each replica's last second or so (sent after the run read the log) and the time from that read to the
-    # app's deletion; plus a second or so each before Serve calls it running (it samples from its constructor's
-    # end). A replica missing would take tens of seconds.
+    # Less the time from the run's read of the log to the app's deletion; plus a second or so each before Serve
+    # calls a replica running (it samples from its constructor's end). A replica missing would take tens of seconds.
     assert running_s - 10 <= occupancy["replica_s"] <= running_s + 5
 
 
