@@ -24,7 +24,7 @@ $(VENV)/.base: pyproject.toml
 # which break `import vllm.multimodal.audio` next to CPU torch (vLLM imports them lazily).
 $(VENV)/.test: $(VENV)/.base
 	$(PIP) torch==2.13.0+cpu
-	$(PIP) -e ".[test,vllm]"
+	$(PIP) -e ".[test,vllm,bench]"
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 	touch $@
 
