@@ -122,6 +122,19 @@ class DirectEngine:
             self.proc.wait()
 
 
+def remove_scratch(tmp: Path) -> None:
+    """Remove a benchmark's scratch folder, and the file lock vLLM leaves in the system temp dir named after a
+    model path inside it."""
+    import glob
+    import tempfile
+
+    from _common import remove_tree
+
+    remove_tree(tmp)
+    for lock in glob.glob(os.path.join(tempfile.gettempdir(), f"*{tmp.name}*.lock")):
+        os.remove(lock)
+
+
 def steady_rate(times: list[float], tokens: list[int]) -> float:
     """Tokens finished after the first completion time, over the time from then to the last completion."""
     pairs = sorted(zip(times, tokens))

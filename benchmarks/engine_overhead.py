@@ -45,7 +45,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -99,8 +98,8 @@ def engine_cores() -> list[dict]:
 
 
 def main(items: int) -> None:
-    from _common import CpuAccount, Timers, busy_report, engine_intervals, remove_tree, scratch
-    from _direct import DirectEngine, steady_rate
+    from _common import CpuAccount, Timers, busy_report, engine_intervals, scratch
+    from _direct import DirectEngine, remove_scratch, steady_rate
 
     tmp = scratch("bench-engine-")
     engine = None
@@ -183,12 +182,7 @@ def main(items: int) -> None:
     finally:
         if engine is not None:
             engine.close()
-        remove_tree(tmp)
-        # vLLM leaves a file lock named after the model path in the system temp dir.
-        import glob
-
-        for lock in glob.glob(os.path.join(tempfile.gettempdir(), f"*{tmp.name}*.lock")):
-            os.remove(lock)
+        remove_scratch(tmp)
 
     def pooled(runs: list[dict]) -> float:
         return sum(r["tokens"] for r in runs) / sum(r["wall_s"] for r in runs)

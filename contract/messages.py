@@ -62,7 +62,7 @@ class GenerationResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     latency_s: float | None = None  # the engine's own time for the request
-    queue_s: float | None = None  # time it waited in the replica for an engine slot, before that
+    queue_s: float | None = None  # time it waited before that: for an engine slot, or in the engine's own queue
     error_class: str | None = None
     error: str | None = None
     retryable: bool = False

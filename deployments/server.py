@@ -75,6 +75,14 @@ def held_to_schema(request: GenerationRequest, result: GenerationResult) -> Gene
     return dataclasses.replace(result, answer=canonical(value))
 
 
+def timed(result: GenerationResult, elapsed: float, waited: float) -> GenerationResult:
+    """`result` with `latency_s` the engine's own time of the `elapsed` seconds in it and `queue_s` the wait: for a
+    slot (`waited`) and in the engine's own queue (what it reported as `queue_s`, moved out of its time)."""
+    inner = result.queue_s or 0.0
+    result.latency_s, result.queue_s = elapsed - inner, waited + inner
+    return result
+
+
 @serve.ingress()  # the ASGI app is built per replica, after __init__: __serve_build_asgi_app__
 class EngineServer:
     """Holds the replica's engine. Wrapped by `serve.deployment` in `deployments.app`."""
@@ -132,10 +140,10 @@ class EngineServer:
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[float]:
-        """One of the engine's `concurrency` slots (none to wait for if it sets no limit); yields the seconds
-        waited for it."""
+        """One of the engine's `concurrency` slots (none to wait for if it sets no limit or queues itself); yields
+        the seconds waited for it."""
         arrived = time.perf_counter()
-        if self.engine.concurrency is None:
+        if self.engine.concurrency is None or self.engine.queues_itself:
             yield 0.0
             return
         if self._slots is None:
@@ -148,8 +156,7 @@ class EngineServer:
         async with self._slot() as waited:
             began = time.perf_counter()
             result = await self.engine.generate(request)
-        result.latency_s, result.queue_s = time.perf_counter() - began, waited
-        return result
+        return timed(result, time.perf_counter() - began, waited)
 
     async def _generate_one(self, request: GenerationRequest) -> GenerationResult:
         """A result, failed if the request cannot be answered; raises only if the engine itself is in trouble."""
@@ -179,7 +186,7 @@ class EngineServer:
                             yield StreamDelta("", self._failure(request, e))
                             return
                         if piece.result is not None and not piece.result.error_class:
-                            piece.result.latency_s, piece.result.queue_s = time.perf_counter() - began, waited
+                            timed(piece.result, time.perf_counter() - began, waited)
                             piece = dataclasses.replace(piece, result=held_to_schema(request, piece.result))
                         yield piece
             finally:

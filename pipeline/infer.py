@@ -61,10 +61,13 @@ def answering(items: Any, resources: Any, handle: Any, tasks: list[dict[str, Any
     import ray
 
     r = resources
+    held = batches_held(r.requests_in_flight, r.batch_size)
     return items.map_batches(
         Infer, batch_format="pyarrow", batch_size=r.batch_size, num_cpus=r.infer_cpus,
-        compute=ray.data.ActorPoolStrategy(
-            size=r.infer_actors, max_tasks_in_flight_per_actor=batches_held(r.requests_in_flight, r.batch_size)),
+        # Calls too, not only tasks queued: an actor runs one Ray Data task at a time by default, and a task ends
+        # with its last answer, so one long request would hold the whole actor.
+        compute=ray.data.ActorPoolStrategy(size=r.infer_actors, max_tasks_in_flight_per_actor=held,
+                                           max_concurrent_calls_per_actor=held),
         fn_constructor_kwargs={"handle": handle, "tasks": tasks, "model": model, "run_id": run_id,
                                "requests_in_flight": r.requests_in_flight, "attempts": r.attempts, **kwargs},
     )

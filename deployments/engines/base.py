@@ -50,11 +50,15 @@ class StreamDelta:
 class Engine(abc.ABC):
     """One model engine per Serve replica; heavy set-up happens in `__init__`.
 
-    `concurrency`: how many requests the engine works on at once (None: no limit of its own); the replica holds
-    the others back until a slot frees, so a request's `latency_s` is the engine's own time and its wait is
-    `queue_s` (deployments.server). It is also the capacity `running` is measured against (occupancy)."""
+    `concurrency`: how many requests the engine works on at once (None: no limit of its own), the capacity
+    `running` is measured against (occupancy). The replica holds the others back until a slot frees, so a
+    request's `latency_s` is the engine's own time and its wait is `queue_s` (deployments.server), unless
+    `queues_itself`: the engine takes every request the replica has and queues the rest itself, ready to start
+    (vLLM's scheduler); it then reports that wait as its result's `queue_s`, which the replica moves out of
+    `latency_s`."""
 
     concurrency: int | None = None
+    queues_itself: bool = False
 
     def __init__(self, config: EngineConfig):
         self.config = config

@@ -92,6 +92,9 @@ class VLLMEngine(Engine):
         # Sequences the scheduler runs at once; more would wait in vLLM's queue, inside the request's latency.
         scheduler = getattr(getattr(self._engine, "vllm_config", None), "scheduler_config", None)
         self.concurrency = int(scheduler.max_num_seqs) if getattr(scheduler, "max_num_seqs", None) else None
+        # The replica hands vLLM more than it runs: those wait in the scheduler's queue with their audio already
+        # processed, so a finished sequence is replaced within a step, not after the next request's processing.
+        self.queues_itself = True
         self.max_items: int | None = _min_limit(
             self._format.max_items_per_request, _audio_limit(self._engine, config.engine_kwargs)
         )
@@ -282,6 +285,7 @@ class VLLMEngine(Engine):
             prompt_tokens=self._prompt_tokens(final, job),
             completion_tokens=len(completion.token_ids),
             latency_s=time.perf_counter() - started,
+            queue_s=_queued(final),
         )
 
     @staticmethod
@@ -330,6 +334,14 @@ class VLLMEngine(Engine):
         # AsyncLLM.__del__ calls shutdown again, at the latest at interpreter exit, where vLLM 0.32 fails with
         # a misleading "'NoneType' object is not callable" traceback: it is done, so make that a no-op.
         engine.shutdown = lambda *args, **kwargs: None
+
+
+def _queued(final: Any) -> float | None:
+    """Seconds the request waited in vLLM's scheduler queue before it first ran (its own stats; None when the
+    engine keeps none)."""
+    stats = getattr(final, "metrics", None)
+    queued, scheduled = getattr(stats, "queued_ts", 0.0), getattr(stats, "scheduled_ts", 0.0)
+    return max(scheduled - queued, 0.0) if queued and scheduled else None
 
 
 class SchedulerCount:
