@@ -293,8 +293,9 @@ def test_vllm_occupancy_is_the_schedulers_count_sampled(vllm_app):
 
     seconds = [window(t, t) for t in range(int(started), int(finished) + 1)]
     print(f"\noccupancy per second while running: {[round(s.mean, 2) for s in seconds]}")
-    # A second whose mean is over 15/16 holds samples of all 16 running; whole seconds never under 90% full.
-    assert max(s.mean for s in seconds) > 15 / 16 and min(s.under_90 for s in seconds) == 0.0
+    # A second whose mean is over 15/16 holds samples of all 16 running, and most of some second is at least 90%
+    # full (not all of one: a sequence that stops is replaced at the next step, which a sample may fall before).
+    assert max(s.mean for s in seconds) > 15 / 16 and min(s.under_90 for s in seconds) < 0.5
     whole = window(started, finished)
     assert 0 < whole.mean < 1 and 0 < whole.under_90 < 1  # filling up and draining are not full
     # A window's figures are its seconds' figures weighted by the replica-time each sampled.
