@@ -224,8 +224,12 @@ def engine_core_of_healthy_replica(base: str, timeout_s: float = 300):
     while True:
         healthy = serve.status().applications[APP].status == "RUNNING" and \
             httpx.get(f"{base}/health", timeout=30).status_code == 200
-        replicas = [p for p in psutil.process_iter() if title in cmdline(p)]
-        cores = [c for r in replicas for c in r.children(recursive=True) if "EngineCore" in cmdline(c)]
+        titled = [p for p in psutil.process_iter() if title in cmdline(p)]
+        # vLLM forks its engine core from the replica and renames it VLLM::EngineCore: until (or unless) it has,
+        # the core still carries the replica's title, so it is told apart as the titled process's child.
+        replicas = [p for p in titled if p.ppid() not in {t.pid for t in titled}]
+        cores = [c for r in replicas for c in r.children(recursive=True)
+                 if "EngineCore" in cmdline(c) or title in cmdline(c)]
         if healthy and len(replicas) == len(cores) == 1:
             return cores[0]
         assert time.monotonic() < deadline, (serve.status().applications[APP],
