@@ -122,6 +122,16 @@ class DirectEngine:
             self.proc.wait()
 
 
+def tiny_model(folder: Path, mean_length: int | None = None) -> Path:
+    """Build the tiny test model (`tests.tiny_model`, optionally stop-favoured) in `folder` and export it as
+    TINY_MODEL_PATH, which configs/tiny-vllm.yaml reads."""
+    args = [str(mean_length)] if mean_length is not None else []
+    subprocess.run([sys.executable, "-m", "tests.tiny_model", str(folder), *args], cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)
+    os.environ["TINY_MODEL_PATH"] = str(folder)
+    return folder
+
+
 def remove_scratch(tmp: Path) -> None:
     """Remove a benchmark's scratch folder, and the file lock vLLM leaves in the system temp dir named after a
     model path inside it."""

@@ -43,7 +43,6 @@ start-up amortised, as in the scheduled jobs it is for.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,16 +98,13 @@ def engine_cores() -> list[dict]:
 
 def main(items: int) -> None:
     from _common import CpuAccount, Timers, busy_report, engine_intervals, scratch
-    from _direct import DirectEngine, remove_scratch, steady_rate
+    from _direct import DirectEngine, remove_scratch, steady_rate, tiny_model
 
     tmp = scratch("bench-engine-")
     engine = None
     try:
         t0 = time.perf_counter()
-        model = tmp / "tiny-qwen2-audio"
-        subprocess.run([sys.executable, "-m", "tests.tiny_model", str(model)], cwd=ROOT, check=True,
-                       capture_output=True, timeout=300)
-        os.environ["TINY_MODEL_PATH"] = str(model)
+        tiny_model(tmp / "tiny-qwen2-audio")
         inputs = tmp / "in"
         make_files(inputs, items)
         print(f"tiny model and {items} input files made in {time.perf_counter() - t0:.1f} s")

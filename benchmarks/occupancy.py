@@ -29,8 +29,6 @@ Goals: occupancy >= 0.95, ratio >= 0.95.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -77,16 +75,13 @@ def lengths(tokens: list[int]) -> str:
 
 def main(items: int) -> None:
     from _common import CpuAccount, engine_intervals, scratch
-    from _direct import DirectEngine, remove_scratch, steady_rate
+    from _direct import DirectEngine, remove_scratch, steady_rate, tiny_model
 
     tmp = scratch("bench-occupancy-")
     engine = None
     try:
         t0 = time.perf_counter()
-        model = tmp / "tiny-qwen2-audio-stops"
-        subprocess.run([sys.executable, "-m", "tests.tiny_model", str(model), str(MEAN_LENGTH)], cwd=ROOT,
-                       check=True, capture_output=True, timeout=300)
-        os.environ["TINY_MODEL_PATH"] = str(model)
+        tiny_model(tmp / "tiny-qwen2-audio-stops", MEAN_LENGTH)
         inputs = tmp / "in"
         make_files(inputs, items)
         print(f"tiny model (stop favoured for a mean of {MEAN_LENGTH} tokens) and {items} input files made in "

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from _common import CpuAccount, Timers, remove_tree, scratch, warm_app
-from _direct import steady_rate
-from engine_overhead import CONFIG, ROOT, make_files
+from _direct import steady_rate, tiny_model
+from engine_overhead import CONFIG, make_files
 
 
 def ray_data_llm(config, inputs: Path, model: Path) -> dict:
@@ -98,10 +96,7 @@ def ours(config, out: Path) -> dict:
 def main(items: int) -> None:
     tmp = scratch("bench-peers-vllm-")
     try:
-        model = tmp / "tiny-qwen2-audio"
-        subprocess.run([sys.executable, "-m", "tests.tiny_model", str(model)], cwd=ROOT, check=True,
-                       capture_output=True, timeout=300)
-        os.environ["TINY_MODEL_PATH"] = str(model)
+        model = tiny_model(tmp / "tiny-qwen2-audio")
         inputs = tmp / "in"
         make_files(inputs, items)
 
