@@ -215,63 +215,54 @@ def test_vllm_cancelled_call_leaves_the_engine_serving(vllm_app):
     handle.check_health.remote().result(timeout_s=TIMEOUT_S)
 
 
-class CallsLogged:
-    """The app's real handle, passed through, telling `log` (a list's `append` behind a Ray actor) when each call
-    is sent and when it is answered, in the order the caller saw them."""
+class CallsTimed:
+    """The app's real handle, passed through, noting the order in which calls are sent and answered."""
 
-    def __init__(self, handle, log):
-        self.handle, self.log, self.generate_one = handle, log, self
+    def __init__(self, handle):
+        self.handle, self.events, self.generate_one = handle, [], self
 
     def remote(self, request: GenerationRequest):
-        self.log.append.remote(("sent", request.request_id))
+        self.events.append(("sent", request.request_id))
         call = self.handle.generate_one.remote(request)
 
         async def answered() -> GenerationResult:
             result = await call
-            self.log.append.remote(("answered", request.request_id))
+            self.events.append(("answered", request.request_id))
             return result
 
         return answered()
 
 
-class EventLog:
-    def __init__(self):
-        self.events = []
-
-    def append(self, event: tuple[str, str]) -> None:
-        self.events.append(event)
-
-    def read(self) -> list[tuple[str, str]]:
-        return self.events
-
-
 def test_dispatch_refills_the_engine_while_one_request_reasons_long(vllm_app):
-    """The inference stage as the pipeline runs it (Ray Data, one caller actor) sends request by request: while one
-    request runs for hundreds of tokens, the short ones of its batch and of the batches beside it go to the engine
-    as room frees, so the calls in flight never fall to the long one alone while others wait."""
-    import ray
+    """The inference stage sends request by request: while one request runs for hundreds of tokens, the others
+    of its batch and of the batches beside it (held by the same actor, as Ray Data hands them over) go to the
+    engine as room frees, so the calls in flight stay at `requests_in_flight` as long as any is waiting."""
+    import asyncio
 
-    from contract.config import ResourcesConfig
-    from pipeline.infer import answering
+    from pipeline.infer import Infer
     from tests.conftest import request_rows
 
     handle, _ = vllm_app
-    room, shorts = 6, 24
+    room = 6
     tasks = [{"name": "long", "question": "q", "sampling": {"temperature": 1.0, "seed": 3, "max_tokens": 600}},
              {"name": "short", "question": "q", "sampling": {"temperature": 0.0, "max_tokens": 4}}]
+    infer = Infer(handle=CallsTimed(handle), tasks=tasks, model="tiny", run_id="r", requests_in_flight=room)
     audio = tone(1.0, seed=5)
-    blocks = [request_rows("long", task="long", audio=audio), *(
-        request_rows(f"s{b}-0", f"s{b}-1", task="short", audio=audio) for b in range(shorts // 2))]
-    log = ray.remote(EventLog).options(num_cpus=0).remote()
-    resources = ResourcesConfig(batch_size=2, requests_in_flight=room, infer_actors=1)
-    rows = answering(ray.data.from_arrow(blocks), resources, CallsLogged(handle, log), tasks, "tiny", "r").take_all()
-    assert len(rows) == shorts + 1 and all(r["error_class"] is None for r in rows), [r["error"] for r in rows]
+    batches = [request_rows("long", task="long", audio=audio), *(
+        request_rows(*(f"s{b}-{i}" for i in range(4)), task="short", audio=audio) for b in range(6))]
+
+    async def held_together():
+        return await asyncio.gather(*(infer(b) for b in batches))
+
+    outputs = asyncio.run(held_together())
+    rows = [r for out in outputs for r in out.to_pylist()]
+    assert len(rows) == 25 and all(r["error_class"] is None for r in rows), [r["error"] for r in rows]
     (long,) = [r for r in rows if r["task"] == "long"]
     assert long["completion_tokens"] > 200, long["completion_tokens"]
-    events = ray.get(log.read.remote())
+    events = infer.handle.events
     # Every short request was sent and answered while the long one ran: the engine kept receiving work.
-    assert events[-1] == ("answered", "long/0/long") and ("sent", "long/0/long") in events[:room]
-    in_flight, waiting, most = 0, shorts + 1, 0
+    assert events[0] == ("sent", "long/0/long") and events[-1] == ("answered", "long/0/long")
+    in_flight, waiting, most = 0, 25, 0
     for kind, request_id in events:
         in_flight += 1 if kind == "sent" else -1
         waiting -= kind == "sent"
