@@ -225,11 +225,11 @@ def engine_core_of_healthy_replica(base: str, timeout_s: float = 300):
         healthy = serve.status().applications[APP].status == "RUNNING" and \
             httpx.get(f"{base}/health", timeout=30).status_code == 200
         titled = [p for p in psutil.process_iter() if title in cmdline(p)]
-        # vLLM forks its engine core from the replica and renames it VLLM::EngineCore: until (or unless) it has,
-        # the core still carries the replica's title, so it is told apart as the titled process's child.
+        # vLLM starts its engine core from the replica and renames it VLLM::EngineCore: until (or unless) it has,
+        # the core carries the replica's title (forked) or multiprocessing's spawn command line (a CI run saw that).
         replicas = [p for p in titled if p.ppid() not in {t.pid for t in titled}]
         cores = [c for r in replicas for c in r.children(recursive=True)
-                 if "EngineCore" in cmdline(c) or title in cmdline(c)]
+                 if "EngineCore" in cmdline(c) or title in cmdline(c) or "spawn_main" in cmdline(c)]
         if healthy and len(replicas) == len(cores) == 1:
             return cores[0]
         assert time.monotonic() < deadline, (serve.status().applications[APP],
