@@ -273,15 +273,17 @@ def test_dispatch_refills_the_engine_while_one_request_reasons_long(vllm_app):
 
 
 def test_vllm_occupancy_is_the_schedulers_count_sampled(vllm_app):
-    """More requests than max_num_seqs (16): the scheduler's count of running sequences, sampled by the replica
+    """Three times max_num_seqs (16) requests: the scheduler's count of running sequences, sampled by the replica
     into the app's log, fills the batch while they run (the waiting ones refill each finished slot) and is
     empty once they are done."""
     handle, _ = vllm_app
-    # The replica hands requests to vLLM one after another (~0.1 s each on CPU), so each must run long enough for
-    # all 16 to be in at once: at temperature 1 the random model meets a stop token about once in 500 tokens, so
-    # most run their 256 tokens, several seconds (the 8 beyond max_num_seqs, the replica's max_ongoing_requests,
-    # replace early stops); short 1 s clips enter fastest.
-    requests = [request(tone(1.0, seed=s), temperature=1.0, seed=s, max_tokens=256) for s in range(24)]
+    # The replica hands requests to vLLM one after another (~0.1 s each on CPU) and vLLM queues the 8 beyond
+    # max_num_seqs, audio processed, to refill each finished slot at the next step. Three batches' worth keep that
+    # up for seconds on end (24 kept a second full here but not on CI's faster machine), and lengths spread from
+    # 96 to 415 tokens end a few at a time, as reasoning does: requests of one length all end at once, more than
+    # the queue refills. At temperature 1 the random model meets a stop token about once in 500 tokens, so most
+    # run their length; short 1 s clips enter fastest.
+    requests = [request(tone(1.0, seed=s), temperature=1.0, seed=s, max_tokens=96 + s * 53 % 320) for s in range(48)]
     started = time.time()
     results = generate(vllm_app, requests)
     finished = time.time()
