@@ -6,6 +6,7 @@ Engine options pass through as a dict (`engine.engine_kwargs`) instead of mirror
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -129,7 +130,18 @@ class SamplingConfig(Base):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     repetition_penalty: float = Field(1.0, gt=0, description="Repetition penalty (reference client: 1.0).")
     max_tokens: int = Field(4096, gt=0, description="Most tokens generated; clamped to what the context leaves.")
-    seed: int | None = Field(None, description="Sampling seed, for reproducible runs.")
+    seed: int | None = Field(
+        None, description="Sampling seed, for reproducible runs: each request draws from its own seed, made from this "
+        "one and the request's id (one seed for all would draw the same numbers for every request).")
+
+    def for_request(self, request_id: str) -> SamplingConfig:
+        """This sampling for one request of the task. A seed becomes the request's own, a stable hash of it and
+        the request's id: a run is reproducible and a request sent again draws the same numbers, while the
+        task's requests no longer all draw the same ones (which correlated their samples: lengths, choices)."""
+        if self.seed is None:
+            return self
+        digest = hashlib.blake2b(f"{self.seed}/{request_id}".encode(), digest_size=4).digest()
+        return self.model_copy(update={"seed": int.from_bytes(digest, "big") >> 1})  # 31 bits: any engine's int
 
 
 class TaskConfig(Base):

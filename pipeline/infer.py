@@ -139,10 +139,11 @@ class Infer:
                 continue
             task = self.tasks[todo[0]["task"]]
             waiting.append(todo)
+            rid = request_id(item["item_id"], item["segment_index"], item["part"], task.name)
             requests.append(GenerationRequest(
-                request_id=request_id(item["item_id"], item["segment_index"], item["part"], task.name),
-                audio=[np.frombuffer(a, dtype=np.float32) for a in audio or []], question=question or "",
-                system=task.system, prefill=task.prefill, sampling=task.sampling,
+                request_id=rid, audio=[np.frombuffer(a, dtype=np.float32) for a in audio or []],
+                question=question or "", system=task.system, prefill=task.prefill,
+                sampling=task.sampling.for_request(rid),
                 recording=item["scope"] == "recording", answer_schema=self.schemas[task.name],
             ))
         now = datetime.now(timezone.utc)

@@ -78,3 +78,15 @@ def test_typo_on_command_line_answers_fast_in_one_line():
     assert line == "config error: --set inptu.uri: inptu: unknown field (typo?)"
     assert "Traceback" not in done.stderr
     assert "ray" not in done.stdout.lower()
+
+
+def test_each_request_samples_with_its_own_seed_made_from_the_tasks():
+    from contract.config import SamplingConfig
+
+    task = SamplingConfig(temperature=1.0, seed=7)
+    seeds = [task.for_request(f"a.wav/{i}/t").seed for i in range(100)]
+    assert len(set(seeds)) == 100 and all(0 <= s < 2**31 for s in seeds)  # apart, and an int any engine takes
+    assert task.for_request("a.wav/0/t") == SamplingConfig(temperature=1.0, seed=seeds[0])  # the rest unchanged
+    assert task.for_request("a.wav/0/t").seed == seeds[0]  # a request sent again draws the same numbers
+    assert SamplingConfig(temperature=1.0, seed=8).for_request("a.wav/0/t").seed != seeds[0]
+    assert SamplingConfig(temperature=1.0).for_request("a.wav/0/t").seed is None  # unseeded stays unseeded
