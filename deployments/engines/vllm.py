@@ -43,6 +43,10 @@ MIN_NEW_TOKENS = 1
 
 
 class VLLMEngine(Engine):
+    # The replica hands vLLM more than it runs: those wait in the scheduler's queue with their audio already
+    # processed, so a finished sequence is replaced within a step, not after the next request's processing.
+    queues_itself = True
+
     def __init__(self, config: EngineConfig):
         super().__init__(config)
         # Before vllm is imported: vllm reads its environment (VLLM_ENABLE_V1_MULTIPROCESSING, ...) at import
@@ -92,9 +96,6 @@ class VLLMEngine(Engine):
         # Sequences the scheduler runs at once; more would wait in vLLM's queue, inside the request's latency.
         scheduler = getattr(getattr(self._engine, "vllm_config", None), "scheduler_config", None)
         self.concurrency = int(scheduler.max_num_seqs) if getattr(scheduler, "max_num_seqs", None) else None
-        # The replica hands vLLM more than it runs: those wait in the scheduler's queue with their audio already
-        # processed, so a finished sequence is replaced within a step, not after the next request's processing.
-        self.queues_itself = True
         self.max_items: int | None = _min_limit(
             self._format.max_items_per_request, _audio_limit(self._engine, config.engine_kwargs)
         )
