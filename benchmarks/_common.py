@@ -56,10 +56,10 @@ def whisper_settings(config) -> tuple[str, dict, dict, dict]:
         item, recording
 
 
-def warm_app(config, audio) -> None:
+def warm_app(config, audio):
     """Start `config`'s Serve app and send it one request of `audio` (float32, 16 kHz) as its first task asks it
     (no reasoning prefill, which every model family takes), so a following `run(config)` with
-    `deployment.reuse_running` finds it up with its engine warm."""
+    `deployment.reuse_running` finds it up with its engine warm. Returns the app's handle."""
     from ray import serve
 
     from contract.messages import GenerationRequest
@@ -69,6 +69,7 @@ def warm_app(config, audio) -> None:
     handle = serve.run(application(config), name=config.deployment.app_name, route_prefix=None)
     handle.generate_one.remote(GenerationRequest("warm-up", [audio], question=task.question, system=task.system,
                                                  prefill="off", sampling=task.sampling)).result()
+    return handle
 
 
 def remove_tree(path) -> None:

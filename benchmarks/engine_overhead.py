@@ -97,7 +97,7 @@ def engine_cores() -> list[dict]:
 
 
 def main(items: int) -> None:
-    from _common import CpuAccount, Timers, busy_report, engine_intervals, scratch
+    from _common import CpuAccount, Timers, busy_report, engine_intervals, scratch, warm_app
     from _direct import DirectEngine, remove_scratch, steady_rate, tiny_model
 
     tmp = scratch("bench-engine-")
@@ -119,8 +119,7 @@ def main(items: int) -> None:
         from ray import serve
 
         from contract.config import load_config
-        from contract.messages import GenerationRequest
-        from deployments.app import application, serving
+        from deployments.app import serving
         from pipeline.run import run
 
         config = load_config(CONFIG, [f"input.uri={inputs}", f"output.uri={tmp / 'out'}",
@@ -129,11 +128,7 @@ def main(items: int) -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         ray_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        handle = serve.run(application(config), name=config.deployment.app_name, route_prefix=None)
-        task = config.tasks[0]
-        handle.generate_one.remote(GenerationRequest("warm-up", [np.zeros(5 * 16000, dtype=np.float32)],
-                                                     question=task.question, system=task.system,
-                                                     prefill=task.prefill, sampling=task.sampling)).result()
+        warm_app(config, np.zeros(5 * 16000, dtype=np.float32))
         app_s = time.perf_counter() - t0
         engine.wait_ready()
         print(f"Ray started in {ray_s:.1f} s, Serve app (engine) in {app_s:.1f} s, direct engine in "

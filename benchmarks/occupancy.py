@@ -4,9 +4,8 @@ batch full when output lengths vary per request?
 Inputs: 400 audio items of 1-3 s cut from the sample clips (`--items`), one task, and a variant of the tiny
 random-weight Qwen2-Audio model (`tests.tiny_model`, `mean_length=64`) whose stop token is favoured so that
 answers sampled at temperature 1 stop after about 64 tokens on average, lengths roughly geometric, capped at
-1,024 (`max_tokens`): each request draws its own length, as reasoning does. No seed: a task's seed is shared by
-all its requests, which would draw the same random numbers and stop them all at about the same step.
-The distribution actually drawn is printed.
+1,024 (`max_tokens`): each request draws its own length, as reasoning does. Unseeded on both sides (the direct
+engine has no per-request seeds as the pipeline makes them). The distribution actually drawn is printed.
 
 - direct: all requests handed to one `AsyncLLM` at once (benchmarks/_direct.py), the engine settings of
   configs/tiny-vllm.yaml: the most this engine can do here.
@@ -74,7 +73,7 @@ def lengths(tokens: list[int]) -> str:
 
 
 def main(items: int) -> None:
-    from _common import CpuAccount, engine_intervals, scratch
+    from _common import CpuAccount, engine_intervals, scratch, warm_app
     from _direct import DirectEngine, remove_scratch, steady_rate, tiny_model
 
     tmp = scratch("bench-occupancy-")
@@ -95,19 +94,14 @@ def main(items: int) -> None:
         from ray import serve
 
         from contract.config import load_config
-        from contract.messages import GenerationRequest
-        from deployments.app import application, serving
+        from deployments.app import serving
         from pipeline.occupancy import engine_occupancy
         from pipeline.run import run
 
         config = load_config(CONFIG, [f"input.uri={inputs}", f"output.uri={tmp / 'out'}",
                                       "deployment.reuse_running=true", *OVERRIDES])
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
-        handle = serve.run(application(config), name=config.deployment.app_name, route_prefix=None)
-        task = config.tasks[0]
-        handle.generate_one.remote(GenerationRequest("warm-up", [np.zeros(16000, dtype=np.float32)],
-                                                     question=task.question, prefill=task.prefill,
-                                                     sampling=task.sampling)).result()
+        handle = warm_app(config, np.zeros(16000, dtype=np.float32))
         engine.wait_ready()
         max_num_seqs = config.engine.engine_kwargs["max_num_seqs"]
         print(f"{engine.ready['requests']} requests per run; max_num_seqs {max_num_seqs}, max_ongoing_requests "

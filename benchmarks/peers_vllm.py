@@ -32,8 +32,8 @@ import os
 import time
 from pathlib import Path
 
-from _common import CpuAccount, Timers, remove_tree, scratch, warm_app
-from _direct import steady_rate, tiny_model
+from _common import CpuAccount, Timers, scratch, warm_app
+from _direct import remove_scratch, steady_rate, tiny_model
 from engine_overhead import CONFIG, make_files
 
 
@@ -128,7 +128,7 @@ def main(items: int) -> None:
         serve.shutdown()
         ray.shutdown()
     finally:
-        remove_tree(tmp)
+        remove_scratch(tmp)
 
     print(f"\nload average after: {os.getloadavg()}")
     rates = {}
